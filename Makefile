@@ -1,0 +1,52 @@
+# Sluiceway: `make install` sets up everything on a fresh machine; `make help` lists targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export RAY_USAGE_STATS_ENABLED := 0
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+# The main job's default model and where its artifacts go.
+MODEL ?= wav2vec2-base
+ARTIFACTS ?= artifacts/$(MODEL)
+BENCH_OUT ?= bench-results/$(MODEL)
+
+.PHONY: help install test test-fast lint bench serve clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first, pinned: any other version would download a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[optimize,serving,deploy,dev]'
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv with the project, its extras and test tools
+
+test: install  ## run the test suite (small preset; well under 15 minutes)
+	$(BIN)/pytest -q
+
+test-fast: install  ## unit tests only (no slow/integration)
+	$(BIN)/pytest -q -m "not slow and not integration"
+
+lint: install  ## ruff and mypy --strict on the packages
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+$(ARTIFACTS)/int8/manifest.json: | install
+	$(BIN)/sluiceway optimize --model $(MODEL) --output $(ARTIFACTS)
+
+bench: $(ARTIFACTS)/int8/manifest.json  ## build the default artifacts if missing, bench them beside PyTorch eager
+	$(BIN)/sluiceway bench --artifacts $(ARTIFACTS) --threads 2 --seconds 3 --output $(BENCH_OUT)
+
+serve: $(ARTIFACTS)/int8/manifest.json  ## build the default artifacts (serving lands with issue 3)
+	@echo "Artifacts ready in $(ARTIFACTS):"; ls $(ARTIFACTS)
+
+clean:  ## remove built artifacts and bench results (keeps .venv)
+	rm -rf artifacts bench-results

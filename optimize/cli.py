@@ -1,0 +1,144 @@
+"""`sluiceway optimize` and `sluiceway bench`.
+
+Examples::
+
+    sluiceway optimize --model wav2vec2-base --output artifacts/wav2vec2-base
+    sluiceway optimize --model ./my-checkpoint --output artifacts/mine \\
+        --eval-data ./clips --eval-labels ./clips/labels.csv --gate int8.min_top1_agreement=0.98
+    sluiceway bench --artifacts artifacts/wav2vec2-base --threads 2 --seconds 3
+
+Heavy modules (torch, onnxruntime) are imported inside the commands, so that the CLI root
+stays importable where only serving is installed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from optimize.manifest import Precision
+from sluiceway._output import ProgressBar, stderr, stdout
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _precisions(value: str) -> tuple[Precision, ...]:
+    try:
+        return tuple(Precision(v) for v in _split(value))
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"{value!r}: variants are a comma-separated list of "
+            f"{', '.join(p.value for p in Precision)}"
+        ) from exc
+
+
+def optimize(
+    model: str = typer.Option(..., "--model", "-m", help="Preset (wav2vec2-base, wav2vec2-tiny) or checkpoint directory."),
+    output: Path = typer.Option(..., "--output", "-o", help="Artifact directory to create, e.g. artifacts/<name>."),
+    variants: str = typer.Option("fp32,fp16,int8", help="Comma-separated precisions to build."),
+    seconds: float = typer.Option(3.0, help="Clip length (s) for evaluation and latency."),
+    threads: int = typer.Option(2, help="ONNX Runtime / PyTorch threads for measurements."),
+    calibration_data: Path | None = typer.Option(None, help="Folder of WAV files for int8 calibration (default: synthetic)."),
+    eval_data: Path | None = typer.Option(None, help="Folder of WAV files for fidelity (default: synthetic)."),
+    eval_labels: Path | None = typer.Option(None, help="CSV 'file,label' for --eval-data: adds accuracy/F1."),
+    eval_clips: int = typer.Option(200, help="Synthetic eval clips when no --eval-data."),
+    calibration_clips: int = typer.Option(32, help="Synthetic calibration clips when no --calibration-data."),
+    latency_runs: int = typer.Option(50, help="Batch-1 runs per variant for the latency percentiles."),
+    int8_recipes: str | None = typer.Option(None, help="Comma-separated int8 candidates to try (default: all)."),
+    gate: list[str] = typer.Option([], "--gate", help="Override a gate: NAME=VALUE or PRECISION.NAME=VALUE (repeatable)."),
+    seed: int = typer.Option(0, help="Seed for presets and synthetic data."),
+    overwrite: bool = typer.Option(False, help="Replace --output if it exists."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Build verified, measured ONNX artifacts (fp32, fp16, int8) from a checkpoint."""
+    from optimize.errors import GatesFailed
+    from optimize.gates import parse_gate_overrides
+    from optimize.pipeline import OptimizeConfig, build_artifacts
+    from optimize.quantize import RECIPES_BY_NAME
+
+    config = OptimizeConfig(
+        model=model,
+        output=output,
+        variants=_precisions(variants),
+        seconds=seconds,
+        threads=threads,
+        calibration_data=calibration_data,
+        eval_data=eval_data,
+        eval_labels=eval_labels,
+        eval_clips=eval_clips,
+        calibration_clips=calibration_clips,
+        latency_runs=latency_runs,
+        int8_recipes=tuple(_split(int8_recipes)) if int8_recipes else tuple(RECIPES_BY_NAME),
+        gate_overrides=parse_gate_overrides(gate),
+        seed=seed,
+        overwrite=overwrite,
+    )
+    try:
+        with ProgressBar(quiet=quiet) as bar:
+            built = build_artifacts(config, progress=bar)
+    except GatesFailed:
+        _print_summary(output)
+        raise
+    _print_summary(output)
+    stderr.print(f"[green]Artifacts written to {output}[/green] ({len(built)} variant(s), all gates passed)")
+
+
+def _print_summary(output: Path) -> None:
+    from optimize.manifest import read_manifest
+
+    table = Table(title=f"artifacts in {output}")
+    for column in ("variant", "pool", "size MB", "p50 ms", "p99 ms", "agreement", "cosine", "gates"):
+        table.add_column(column)
+    for directory in sorted(p for p in output.iterdir() if (p / "manifest.json").is_file()):
+        m = read_manifest(directory)
+        failed = ", ".join(g.name for g in m.failed_gates)
+        table.add_row(
+            m.variant, m.pool, f"{m.measurements.size_bytes / 1e6:.1f}",
+            f"{m.measurements.latency.p50_s * 1e3:.1f}", f"{m.measurements.latency.p99_s * 1e3:.1f}",
+            f"{m.fidelity.top1_agreement:.4f}", f"{m.fidelity.logit_cosine:.5f}",
+            "[green]passed[/green]" if m.accepted else f"[red]FAILED: {failed}[/red]",
+        )
+    stdout.print(table)
+
+
+def bench(
+    artifacts: Path = typer.Option(..., "--artifacts", "-a", help="Directory made by `sluiceway optimize`."),
+    output: Path = typer.Option(Path("bench-results"), "--output", "-o", help="Where to write bench.md, bench.json, latency.png."),
+    threads: int = typer.Option(2, help="Threads for every runner; 1 is the single-core mode."),
+    seconds: float = typer.Option(3.0, help="Clip length (s)."),
+    runs: int = typer.Option(100, help="Interleaved batch-1 rounds (each runs every variant once)."),
+    eval_clips: int = typer.Option(200, help="Synthetic clips for agreement/accuracy."),
+    sample_percent: float = typer.Option(100.0, min=1.0, max=100.0, help="Use this share of the eval clips."),
+    low_memory: bool = typer.Option(False, help="Disable ONNX Runtime's memory arena and patterns."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    variants: str | None = typer.Option(None, help="Comma-separated variants (default: all in --artifacts runnable on --device)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Bench artifacts beside the PyTorch eager source, interleaved in one run."""
+    from optimize.bench import BenchConfig, render_markdown, run_bench, write_outputs
+    from optimize.runtime import Device
+
+    try:
+        dev = Device(device)
+    except ValueError:
+        raise typer.BadParameter(f"--device {device!r}: use cpu or cuda") from None
+    config = BenchConfig(
+        artifacts=artifacts, threads=threads, seconds=seconds, runs=runs, eval_clips=eval_clips,
+        sample_percent=sample_percent, low_memory=low_memory, device=dev,
+        variants=tuple(_split(variants)) if variants else None,
+    )
+    with ProgressBar(quiet=quiet) as bar:
+        report = run_bench(config, progress=bar)
+    paths = write_outputs(report, output)
+    stdout.print(render_markdown(report))
+    stderr.print(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add this package's commands to the root app."""
+    app.command("optimize")(optimize)
+    app.command("bench")(bench)

@@ -1,0 +1,283 @@
+"""The artifact manifest: what an artifact is, how to check it, and what was measured.
+
+An artifact is a directory holding ``model.onnx`` and ``manifest.json``. Serving and deploy
+read it through this module, which imports only the standard library and pydantic (never
+torch, never onnxruntime).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from optimize.errors import (
+    ArtifactHashMismatch,
+    ArtifactNotFound,
+    ArtifactRejected,
+    ManifestInvalid,
+)
+
+SCHEMA_VERSION = 1
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+_CHUNK = 1 << 20
+
+
+class Precision(StrEnum):
+    """Numeric precision of an artifact's weights."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+PoolKind = Literal["gpu", "cpu"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InputSpec(_Frozen):
+    """What the model takes and what its outputs mean."""
+
+    input_name: str = Field(description="graph input: float32 [batch, samples] mono audio")
+    output_name: str = Field(description="graph output: float32 [batch, len(labels)] logits")
+    sample_rate: int = Field(gt=0, description="Hz; audio at another rate is resampled")
+    max_seconds: float = Field(gt=0, description="longest clip a request may carry")
+    labels: list[str] = Field(min_length=2)
+
+
+class SourceInfo(_Frozen):
+    """The checkpoint an artifact was made from."""
+
+    model: str = Field(description="preset name or checkpoint directory as given")
+    architecture: str = Field(description="transformers class, e.g. Wav2Vec2ForSequenceClassification")
+    sha256: str = Field(description="digest of the checkpoint's files (sorted by name)")
+    parameters: int = Field(ge=0)
+
+
+class FileDigest(_Frozen):
+    """One file of the artifact and its integrity."""
+
+    path: str
+    sha256: str
+    size_bytes: int = Field(ge=0)
+
+
+class LatencyStats(_Frozen):
+    """Latency of one inference at a stated clip length, batch and thread count."""
+
+    p50_s: float = Field(ge=0)
+    p95_s: float = Field(ge=0)
+    p99_s: float = Field(ge=0)
+    mean_s: float = Field(ge=0)
+    runs: int = Field(gt=0)
+    batch: int = Field(gt=0)
+    clip_seconds: float = Field(gt=0)
+    threads: int = Field(gt=0)
+
+
+class Throughput(_Frozen):
+    """Clips per second at a larger batch."""
+
+    batch: int = Field(gt=0)
+    clips_per_s: float = Field(ge=0)
+
+
+class Measurements(_Frozen):
+    """What was measured when the artifact was made."""
+
+    provider: str = Field(description="ONNX Runtime execution provider the numbers come from")
+    size_bytes: int = Field(ge=0)
+    parameters: int = Field(ge=0)
+    load_time_s: float = Field(ge=0)
+    latency: LatencyStats
+    throughput: Throughput
+    peak_rss_bytes: int = Field(ge=0, description="peak RSS of a process that loads and runs it")
+
+
+class Fidelity(_Frozen):
+    """Agreement with the source model on the eval set."""
+
+    clips: int = Field(gt=0)
+    top1_agreement: float = Field(ge=0, le=1)
+    logit_cosine: float = Field(description="mean cosine similarity of logits, source vs artifact")
+    max_abs_error: float = Field(ge=0, description="largest |logit difference| over the eval set")
+    source_class_share: dict[str, float] = Field(
+        description="share of eval clips the source assigns to each label"
+    )
+
+
+class TaskMetrics(_Frozen):
+    """Accuracy against ground-truth labels (macro-averaged), when labels were given."""
+
+    clips: int = Field(gt=0)
+    accuracy: float = Field(ge=0, le=1)
+    precision: float = Field(ge=0, le=1)
+    recall: float = Field(ge=0, le=1)
+    f1: float = Field(ge=0, le=1)
+
+
+class GateResult(_Frozen):
+    """One quality gate: the threshold, the measured value, and the verdict."""
+
+    name: str
+    comparison: Literal[">=", "<="]
+    threshold: float
+    value: float
+    passed: bool
+
+
+class QuantizationCandidate(_Frozen):
+    """One int8 recipe that was tried, and what it measured."""
+
+    name: str
+    description: str
+    p50_s: float | None = None
+    p99_s: float | None = None
+    size_bytes: int | None = None
+    top1_agreement: float | None = None
+    outcome: str = Field(description="chosen, slower, failed gates, or the error it raised")
+
+
+class Recipe(_Frozen):
+    """How the artifact was produced from the source."""
+
+    steps: list[str]
+    opset: int
+    quantization: str | None = None
+    quantization_reason: str | None = None
+    candidates: list[QuantizationCandidate] = Field(default_factory=list)
+
+
+class Manifest(_Frozen):
+    """Everything an artifact says about itself."""
+
+    schema_version: int = SCHEMA_VERSION
+    variant: str = Field(description="variant name, e.g. fp32, fp16, int8")
+    precision: Precision
+    pool: PoolKind = Field(description="the pool this artifact is meant for")
+    created: datetime
+    source: SourceInfo
+    input: InputSpec
+    files: list[FileDigest]
+    recipe: Recipe
+    measurements: Measurements
+    fidelity: Fidelity
+    task: TaskMetrics | None = None
+    gates: list[GateResult]
+
+    @property
+    def accepted(self) -> bool:
+        """True when every gate passed."""
+        return all(g.passed for g in self.gates)
+
+    @property
+    def failed_gates(self) -> list[GateResult]:
+        return [g for g in self.gates if not g.passed]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def digest_files(directory: Path, names: list[str]) -> list[FileDigest]:
+    """FileDigest for each named file inside ``directory``."""
+    return [
+        FileDigest(
+            path=name,
+            sha256=sha256_file(directory / name),
+            size_bytes=(directory / name).stat().st_size,
+        )
+        for name in sorted(names)
+    ]
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Path:
+    """Write manifest.json into ``directory``; returns its path."""
+    path = directory / MANIFEST_FILE
+    path.write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_manifest(directory: Path) -> Manifest:
+    """Parse ``directory/manifest.json``; does not check hashes or gates."""
+    path = directory / MANIFEST_FILE
+    if not path.is_file():
+        raise ArtifactNotFound(
+            f"no {MANIFEST_FILE} in {directory}: is this an artifact directory made by "
+            "`sluiceway optimize`?"
+        )
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestInvalid(f"{path} is not valid JSON ({exc}); rebuild the artifact") from exc
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise ManifestInvalid(
+            f"{path}: field {where!r}: {first['msg']} ({exc.error_count()} error(s)); "
+            "rebuild the artifact with this version of sluiceway"
+        ) from exc
+
+
+def verify_artifact(directory: Path, *, expected_sha256: str | None = None) -> Manifest:
+    """Read an artifact and refuse it unless every file matches and every gate passed.
+
+    ``expected_sha256``, when given, is the model file's digest that the caller was told to
+    expect (the serving config's ``sha256``): a different artifact is refused too.
+    """
+    manifest = read_manifest(directory)
+    for entry in manifest.files:
+        path = directory / entry.path
+        if not path.is_file():
+            raise ArtifactNotFound(f"{path} is listed in the manifest but missing; rebuild it")
+        actual = sha256_file(path)
+        if actual != entry.sha256:
+            raise ArtifactHashMismatch(
+                f"{path}: sha256 {actual} does not match the manifest's {entry.sha256}; "
+                "the file was changed or corrupted after it was built: rebuild the artifact"
+            )
+    if expected_sha256 is not None:
+        model = model_digest(manifest)
+        if model != expected_sha256:
+            raise ArtifactHashMismatch(
+                f"{directory / MODEL_FILE}: sha256 {model} is not the expected "
+                f"{expected_sha256}; point the config at the right artifact or update its sha256"
+            )
+    if not manifest.accepted:
+        names = ", ".join(
+            f"{g.name} ({g.value:.4g} {'<' if g.comparison == '>=' else '>'} {g.threshold:g})"
+            for g in manifest.failed_gates
+        )
+        raise ArtifactRejected(
+            f"{directory}: the artifact failed its quality gates ({names}) and must not be "
+            "served; rebuild it or pick another variant"
+        )
+    return manifest
+
+
+def model_digest(manifest: Manifest) -> str:
+    """The sha256 the manifest records for model.onnx."""
+    for entry in manifest.files:
+        if entry.path == MODEL_FILE:
+            return entry.sha256
+    raise ManifestInvalid(f"the manifest lists no {MODEL_FILE}; rebuild the artifact")

@@ -1,0 +1,106 @@
+"""Latency, throughput, load time and process peak RSS.
+
+Latencies of several runners are taken interleaved (each round runs every runner once, in
+a rotating order) so that a noisy shared machine slows them all alike.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from optimize.errors import OptimizeError
+from optimize.manifest import LatencyStats, Throughput
+from optimize.progress import ProgressFn, no_progress
+
+Runner = Callable[[NDArray[np.float32]], object]
+T = TypeVar("T")
+
+
+def latency_stats(
+    samples: list[float], *, batch: int, clip_seconds: float, threads: int
+) -> LatencyStats:
+    """Percentiles of ``samples`` (seconds)."""
+    values = np.asarray(samples)
+    return LatencyStats(
+        p50_s=float(np.percentile(values, 50)),
+        p95_s=float(np.percentile(values, 95)),
+        p99_s=float(np.percentile(values, 99)),
+        mean_s=float(values.mean()),
+        runs=len(samples),
+        batch=batch,
+        clip_seconds=clip_seconds,
+        threads=threads,
+    )
+
+
+def interleaved_latencies(
+    runners: Mapping[str, Runner],
+    clips: NDArray[np.float32],
+    *,
+    runs: int,
+    warmup: int = 2,
+    progress: ProgressFn = no_progress,
+) -> dict[str, list[float]]:
+    """Seconds per call of each runner at batch 1, ``runs`` rounds, rotating the order."""
+    names = list(runners)
+    for name in names:
+        for i in range(warmup):
+            runners[name](clips[i % len(clips)][None, :])
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(runs):
+        clip = clips[r % len(clips)][None, :]
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            runners[name](clip)
+            samples[name].append(time.perf_counter() - start)
+        progress("latency", r + 1, runs)
+    return samples
+
+
+def throughput(runner: Runner, clips: NDArray[np.float32], *, batch: int, rounds: int = 3) -> Throughput:
+    """Clips per second at ``batch``, best of ``rounds`` after one warm-up call."""
+    block = np.stack([clips[i % len(clips)] for i in range(batch)])
+    runner(block)
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        runner(block)
+        best = min(best, time.perf_counter() - start)
+    return Throughput(batch=batch, clips_per_s=batch / best)
+
+
+def timed(action: Callable[[], T]) -> tuple[T, float]:
+    """``action()`` and the seconds it took."""
+    start = time.perf_counter()
+    result = action()
+    return result, time.perf_counter() - start
+
+
+def peak_rss(kind: str, path: Path, *, threads: int, seconds: float, low_memory: bool = False) -> int:
+    """Peak RSS (bytes) of a fresh process that loads ``path`` and runs three inferences.
+
+    ``kind`` is ``onnx`` (a model file) or ``torch`` (a checkpoint directory).
+    """
+    command = [
+        sys.executable, "-m", "optimize.rss_probe", kind, str(path),
+        "--threads", str(threads), "--seconds", str(seconds),
+    ]
+    if low_memory:
+        command.append("--low-memory")
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=900)
+    if done.returncode != 0:
+        raise OptimizeError(
+            f"the memory probe for {path} failed (exit {done.returncode}): "
+            f"{done.stderr.strip()[-500:]}"
+        )
+    return int(json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_bytes"])

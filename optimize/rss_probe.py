@@ -1,0 +1,53 @@
+"""A process that loads one model, runs it three times and prints its peak RSS as JSON.
+
+Run as ``python -m optimize.rss_probe {onnx|torch} PATH --threads N --seconds S``; used by
+``optimize.measure.peak_rss`` so that each number is one process's own, nothing shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("kind", choices=["onnx", "torch"])
+    parser.add_argument("path")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--low-memory", action="store_true")
+    args = parser.parse_args()
+    clip = np.random.default_rng(0).standard_normal((1, round(args.seconds * SAMPLE_RATE)))
+    clip = (0.1 * clip).astype(np.float32)
+    if args.kind == "onnx":
+        from pathlib import Path
+
+        from optimize.runtime import open_session
+
+        session = open_session(Path(args.path), threads=args.threads, low_memory=args.low_memory)
+        name = session.get_inputs()[0].name
+        for _ in range(3):
+            session.run(None, {name: clip})
+    else:
+        import torch
+        from transformers import AutoModelForAudioClassification
+
+        torch.set_num_threads(args.threads)
+        model = AutoModelForAudioClassification.from_pretrained(args.path, local_files_only=True)
+        model.eval()
+        with torch.inference_mode():
+            for _ in range(3):
+                model(torch.from_numpy(clip))
+    # ru_maxrss is in KiB on Linux.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"peak_rss_bytes": peak}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The manifest contract: serving reads artifacts without torch, and refuses bad ones."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from optimize.errors import (
+    ArtifactHashMismatch,
+    ArtifactNotFound,
+    ArtifactRejected,
+    ManifestInvalid,
+)
+from optimize.manifest import MANIFEST_FILE, MODEL_FILE, model_digest, read_manifest, verify_artifact
+
+
+def test_manifest_imports_without_torch_or_onnxruntime() -> None:
+    code = (
+        "import sys\n"
+        "for name in ('torch', 'onnxruntime', 'onnx', 'transformers'):\n"
+        "    sys.modules[name] = None  # any import of these now fails\n"
+        "import optimize.manifest, optimize.gates, optimize.errors, serving, deploy\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+@pytest.fixture
+def artifact(tiny_artifacts: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "int8"
+    shutil.copytree(tiny_artifacts / "int8", copy)
+    return copy
+
+
+@pytest.mark.slow
+def test_verify_accepts_a_good_artifact(artifact: Path) -> None:
+    manifest = verify_artifact(artifact, expected_sha256=model_digest(read_manifest(artifact)))
+    assert manifest.accepted
+    assert manifest.precision == "int8"
+
+
+@pytest.mark.slow
+def test_verify_refuses_a_changed_model_file(artifact: Path) -> None:
+    with (artifact / MODEL_FILE).open("r+b") as handle:
+        handle.seek(100)
+        byte = handle.read(1)
+        handle.seek(100)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ArtifactHashMismatch, match=r"model\.onnx.*does not match"):
+        verify_artifact(artifact)
+
+
+@pytest.mark.slow
+def test_verify_refuses_an_unexpected_digest(artifact: Path) -> None:
+    with pytest.raises(ArtifactHashMismatch, match="is not the expected 0+"):
+        verify_artifact(artifact, expected_sha256="0" * 64)
+
+
+@pytest.mark.slow
+def test_verify_refuses_an_artifact_that_failed_its_gates(artifact: Path) -> None:
+    raw = json.loads((artifact / MANIFEST_FILE).read_text())
+    raw["gates"][0]["passed"] = False
+    (artifact / MANIFEST_FILE).write_text(json.dumps(raw))
+    with pytest.raises(ArtifactRejected, match=raw["gates"][0]["name"]):
+        verify_artifact(artifact)
+
+
+def test_missing_and_invalid_manifests_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactNotFound, match="no manifest.json"):
+        read_manifest(tmp_path)
+    (tmp_path / MANIFEST_FILE).write_text("{not json")
+    with pytest.raises(ManifestInvalid, match="not valid JSON"):
+        read_manifest(tmp_path)
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps({"variant": "int8"}))
+    with pytest.raises(ManifestInvalid, match="field 'precision'"):
+        read_manifest(tmp_path)
