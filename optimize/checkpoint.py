@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForAudioClassification,
@@ -252,7 +253,7 @@ def load_checkpoint(directory: Path, *, name: str | None = None) -> SourceModel:
         model = AutoModelForAudioClassification.from_pretrained(
             directory, local_files_only=True, use_safetensors=True
         )
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
         raise CheckpointError(f"cannot load the weights in {directory}: {exc}") from exc
     if type(model).__name__ not in SUPPORTED_ARCHITECTURES:
         raise CheckpointError(

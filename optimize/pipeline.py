@@ -269,12 +269,14 @@ def _build_int8(ctx: _Context, fp32: Path) -> BuiltVariant:
     thresholds = thresholds_for(Precision.INT8, config.gate_overrides)
     chosen: str | None = None
     agreements: dict[str, float] = {}
+    logits_of: dict[str, NDArray[np.float32]] = {}
     for name in sorted(built, key=p50.__getitem__):
         if chosen is not None:
             outcomes[name] = "slower than the chosen recipe"
             continue
-        logits = run_logits(sessions[name], ctx.evaluation.clips)
-        fid = fidelity(ctx.source_logits, logits, ctx.source.labels)
+        ctx.progress(f"int8: {name} on the eval set", 0, len(ctx.evaluation))
+        logits_of[name] = run_logits(sessions[name], ctx.evaluation.clips)
+        fid = fidelity(ctx.source_logits, logits_of[name], ctx.source.labels)
         agreements[name] = fid.top1_agreement
         failed = [g.name for g in judge(fid, thresholds) if not g.passed]
         if failed:
@@ -304,8 +306,9 @@ def _build_int8(ctx: _Context, fp32: Path) -> BuiltVariant:
         opset=OPSET, quantization=keep, quantization_reason=reason, candidates=candidates,
     )
     del sessions, runners
-    logits = _onnx_logits(ctx, directory / MODEL_FILE, "int8")
-    result = BuiltVariant(directory, _manifest(ctx, Precision.INT8, directory, recipe, logits))
+    result = BuiltVariant(
+        directory, _manifest(ctx, Precision.INT8, directory, recipe, logits_of[keep])
+    )
     shutil.rmtree(scratch)
     return result
 

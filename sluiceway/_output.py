@@ -16,7 +16,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-stdout = Console()
+# Off a terminal (pipes, CI logs) rich would cut tables at 80 columns.
+stdout = Console(width=None if sys.stdout.isatty() else 200)
 stderr = Console(stderr=True)
 
 
