@@ -151,7 +151,8 @@ def _tonal(rng: np.random.Generator, t: NDArray[np.float64], rate: int) -> NDArr
     vibrato = 1.0 + 0.03 * np.sin(2 * np.pi * rng.uniform(3.0, 7.0) * t)
     phase = 2 * np.pi * f0 * np.cumsum(vibrato) / rate
     harmonics = sum(
-        rng.uniform(0.2, 1.0) / k * np.sin(k * phase + rng.uniform(0, 2 * np.pi)) for k in range(1, 7)
+        rng.uniform(0.2, 1.0) / k * np.sin(k * phase + rng.uniform(0, 2 * np.pi))
+        for k in range(1, 7)
     )
     envelope = 0.55 + 0.45 * np.sin(2 * np.pi * rng.uniform(2.5, 6.0) * t + rng.uniform(0, 6.3))
     return np.asarray(harmonics * envelope)

@@ -140,10 +140,16 @@ def run_bench(config: BenchConfig, progress: ProgressFn = no_progress) -> BenchR
     source = _source(config.artifacts, any_manifest)
     torch.set_num_threads(config.threads)
     count = max(2, round(config.eval_clips * config.sample_percent / 100))
-    data = synthetic_set(count, seconds=config.seconds, sample_rate=source.sample_rate, seed=EVAL_SEED)
+    data = synthetic_set(
+        count, seconds=config.seconds, sample_rate=source.sample_rate, seed=EVAL_SEED
+    )
     sessions = {
-        name: open_session(d / MODEL_FILE, threads=config.threads, device=config.device,
-                           low_memory=config.low_memory)
+        name: open_session(
+            d / MODEL_FILE,
+            threads=config.threads,
+            device=config.device,
+            low_memory=config.low_memory,
+        )
         for name, (d, _) in variants.items()
     }
 
@@ -160,38 +166,71 @@ def run_bench(config: BenchConfig, progress: ProgressFn = no_progress) -> BenchR
     progress("accuracy on the eval set", 0, len(runners))
     with torch.inference_mode():
         reference = np.concatenate(
-            [source.model(torch.from_numpy(data.clips[i : i + 8])).logits.numpy()
-             for i in range(0, count, 8)]
+            [
+                source.model(torch.from_numpy(data.clips[i : i + 8])).logits.numpy()
+                for i in range(0, count, 8)
+            ]
         ).astype(np.float32)
     logits = {EAGER: reference} | {n: run_logits(s, data.clips) for n, s in sessions.items()}
 
     rows = []
     for done, name in enumerate(runners, start=1):
         progress("throughput and peak memory", done, len(runners))
-        stats = latency_stats(samples[name], batch=1, clip_seconds=config.seconds, threads=config.threads)
+        stats = latency_stats(
+            samples[name], batch=1, clip_seconds=config.seconds, threads=config.threads
+        )
         if name == EAGER:
             size = sum(p.stat().st_size for p in source.directory.glob("*.safetensors"))
-            rss = peak_rss("torch", source.directory, threads=config.threads, seconds=config.seconds)
+            rss = peak_rss(
+                "torch", source.directory, threads=config.threads, seconds=config.seconds
+            )
             provider, accepted = "torch-cpu", True
         else:
             directory, manifest = variants[name]
             size = (directory / MODEL_FILE).stat().st_size
-            rss = peak_rss("onnx", directory / MODEL_FILE, threads=config.threads,
-                           seconds=config.seconds, low_memory=config.low_memory)
+            rss = peak_rss(
+                "onnx",
+                directory / MODEL_FILE,
+                threads=config.threads,
+                seconds=config.seconds,
+                low_memory=config.low_memory,
+            )
             provider, accepted = provider_of(sessions[name]), manifest.accepted
         fid = fidelity(reference, logits[name], source.labels)
-        task = task_metrics(logits[name], data.labels, len(source.labels)) if data.labels is not None else None
-        rows.append(BenchRow(
-            name=name, provider=provider, size_bytes=size, p50_s=stats.p50_s, p95_s=stats.p95_s,
-            p99_s=stats.p99_s,
-            throughput_clips_per_s=throughput(runners[name], data.clips, batch=config.throughput_batch).clips_per_s,
-            peak_rss_bytes=rss, top1_agreement=fid.top1_agreement,
-            accuracy=task.accuracy if task else None, f1=task.f1 if task else None, accepted=accepted,
-        ))
+        task = (
+            task_metrics(logits[name], data.labels, len(source.labels))
+            if data.labels is not None
+            else None
+        )
+        rows.append(
+            BenchRow(
+                name=name,
+                provider=provider,
+                size_bytes=size,
+                p50_s=stats.p50_s,
+                p95_s=stats.p95_s,
+                p99_s=stats.p99_s,
+                throughput_clips_per_s=throughput(
+                    runners[name], data.clips, batch=config.throughput_batch
+                ).clips_per_s,
+                peak_rss_bytes=rss,
+                top1_agreement=fid.top1_agreement,
+                accuracy=task.accuracy if task else None,
+                f1=task.f1 if task else None,
+                accepted=accepted,
+            )
+        )
     return BenchReport(
-        artifacts=str(config.artifacts), source=any_manifest.source.model, threads=config.threads,
-        clip_seconds=config.seconds, runs=config.runs, eval_clips=count, device=config.device.value,
-        rows=rows, latencies_s=samples, targets=check_targets(rows),
+        artifacts=str(config.artifacts),
+        source=any_manifest.source.model,
+        threads=config.threads,
+        clip_seconds=config.seconds,
+        runs=config.runs,
+        eval_clips=count,
+        device=config.device.value,
+        rows=rows,
+        latencies_s=samples,
+        targets=check_targets(rows),
     )
 
 
@@ -202,14 +241,20 @@ def check_targets(rows: list[BenchRow]) -> list[TargetCheck]:
     for name, top, bottom, metric, limit in TARGETS:
         if top in by_name and bottom in by_name:
             denominator = float(getattr(by_name[bottom], metric))
-            value = float(getattr(by_name[top], metric)) / denominator if denominator else float("inf")
+            value = (
+                float(getattr(by_name[top], metric)) / denominator if denominator else float("inf")
+            )
             checks.append(TargetCheck(name=name, value=value, limit=limit, met=value <= limit))
     if "int8" in by_name:
         agreement = by_name["int8"].top1_agreement
-        checks.append(TargetCheck(
-            name="int8 top-1 agreement (at least)", value=agreement, limit=MIN_INT8_AGREEMENT,
-            met=agreement >= MIN_INT8_AGREEMENT,
-        ))
+        checks.append(
+            TargetCheck(
+                name="int8 top-1 agreement (at least)",
+                value=agreement,
+                limit=MIN_INT8_AGREEMENT,
+                met=agreement >= MIN_INT8_AGREEMENT,
+            )
+        )
     return checks
 
 
@@ -226,17 +271,27 @@ def render_markdown(report: BenchReport) -> str:
         ("p50 (ms)", [_fmt(r.p50_s, 1e3) for r in report.rows]),
         ("p95 (ms)", [_fmt(r.p95_s, 1e3) for r in report.rows]),
         ("p99 (ms)", [_fmt(r.p99_s, 1e3) for r in report.rows]),
-        (f"throughput (clips/s, batch {8})", [_fmt(r.throughput_clips_per_s, 1, 2) for r in report.rows]),
+        (
+            f"throughput (clips/s, batch {8})",
+            [_fmt(r.throughput_clips_per_s, 1, 2) for r in report.rows],
+        ),
         ("peak RSS (MiB)", [_fmt(r.peak_rss_bytes, 1 / 2**20, 0) for r in report.rows]),
         ("top-1 agreement vs eager", [_fmt(r.top1_agreement, 1, 4) for r in report.rows]),
         ("accuracy", [_fmt(r.accuracy, 1, 4) for r in report.rows]),
         ("F1 (macro)", [_fmt(r.f1, 1, 4) for r in report.rows]),
-        ("gates", ["-" if r.name == EAGER else ("passed" if r.accepted else "FAILED") for r in report.rows]),
+        (
+            "gates",
+            [
+                "-" if r.name == EAGER else ("passed" if r.accepted else "FAILED")
+                for r in report.rows
+            ],
+        ),
     ]
     lines = [
         f"# Bench: {report.source}",
         "",
-        f"{report.clip_seconds:g} s clips, batch 1, {report.threads} thread(s), device {report.device}, "
+        f"{report.clip_seconds:g} s clips, batch 1, {report.threads} thread(s), "
+        f"device {report.device}, "
         f"{report.runs} interleaved rounds, {report.eval_clips} eval clips.",
         "",
         "| metric | " + " | ".join(names) + " |",

@@ -21,8 +21,8 @@ from transformers import (
     HubertConfig,
     PretrainedConfig,
     PreTrainedModel,
-    WavLMConfig,
     Wav2Vec2Config,
+    WavLMConfig,
 )
 
 from optimize.audio import SYNTHETIC_LABELS, synthetic_set
@@ -114,6 +114,7 @@ SAMPLE_RATE = 16_000
 HEAD_FIT_CLIPS = 96
 HEAD_FIT_STEPS = 400
 
+
 @dataclass(frozen=True)
 class SourceModel:
     """A loaded source model and what identifies it."""
@@ -149,7 +150,8 @@ def preset_config(name: str, labels: tuple[str, ...] = SYNTHETIC_LABELS) -> Pret
     """The transformers configuration of preset ``name``."""
     if name not in PRESETS:
         raise CheckpointError(
-            f"unknown preset {name!r}; presets: {', '.join(PRESETS)}, or pass a checkpoint directory"
+            f"unknown preset {name!r}; presets: {', '.join(PRESETS)}, "
+            "or pass a checkpoint directory"
         )
     values = {**_WAV2VEC2_BASE, **PRESETS[name]}
     values.pop("model_type")
@@ -164,7 +166,9 @@ def preset_config(name: str, labels: tuple[str, ...] = SYNTHETIC_LABELS) -> Pret
 
 
 @torch.no_grad()
-def _pooled_features(model: PreTrainedModel, clips: np.ndarray, progress: ProgressFn) -> torch.Tensor:
+def _pooled_features(
+    model: PreTrainedModel, clips: np.ndarray, progress: ProgressFn
+) -> torch.Tensor:
     """Mean-pooled encoder outputs, the input of the classification head."""
     batches = [clips[i : i + 8] for i in range(0, len(clips), 8)]
     out = []
@@ -234,11 +238,15 @@ def load_checkpoint(directory: Path, *, name: str | None = None) -> SourceModel:
         )
     config_path = directory / "config.json"
     if not config_path.is_file():
-        raise CheckpointError(f"{directory} has no config.json: it is not a transformers checkpoint")
+        raise CheckpointError(
+            f"{directory} has no config.json: it is not a transformers checkpoint"
+        )
     try:
         config = AutoConfig.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{config_path} cannot be read as a model configuration: {exc}") from exc
+        raise CheckpointError(
+            f"{config_path} cannot be read as a model configuration: {exc}"
+        ) from exc
     if config.model_type not in _CONFIG_CLASSES:
         raise CheckpointError(
             f"{directory}: model type {config.model_type!r} is not supported; supported "

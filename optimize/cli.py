@@ -37,19 +37,37 @@ def _precisions(value: str) -> tuple[Precision, ...]:
 
 
 def optimize(
-    model: str = typer.Option(..., "--model", "-m", help="Preset (wav2vec2-base, wav2vec2-tiny) or checkpoint directory."),
-    output: Path = typer.Option(..., "--output", "-o", help="Artifact directory to create, e.g. artifacts/<name>."),
+    model: str = typer.Option(
+        ..., "--model", "-m", help="Preset (wav2vec2-base, wav2vec2-tiny) or checkpoint directory."
+    ),
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="Artifact directory to create, e.g. artifacts/<name>."
+    ),
     variants: str = typer.Option("fp32,fp16,int8", help="Comma-separated precisions to build."),
     seconds: float = typer.Option(3.0, help="Clip length (s) for evaluation and latency."),
     threads: int = typer.Option(2, help="ONNX Runtime / PyTorch threads for measurements."),
-    calibration_data: Path | None = typer.Option(None, help="Folder of WAV files for int8 calibration (default: synthetic)."),
-    eval_data: Path | None = typer.Option(None, help="Folder of WAV files for fidelity (default: synthetic)."),
-    eval_labels: Path | None = typer.Option(None, help="CSV 'file,label' for --eval-data: adds accuracy/F1."),
+    calibration_data: Path | None = typer.Option(
+        None, help="Folder of WAV files for int8 calibration (default: synthetic)."
+    ),
+    eval_data: Path | None = typer.Option(
+        None, help="Folder of WAV files for fidelity (default: synthetic)."
+    ),
+    eval_labels: Path | None = typer.Option(
+        None, help="CSV 'file,label' for --eval-data: adds accuracy/F1."
+    ),
     eval_clips: int = typer.Option(200, help="Synthetic eval clips when no --eval-data."),
-    calibration_clips: int = typer.Option(32, help="Synthetic calibration clips when no --calibration-data."),
-    latency_runs: int = typer.Option(50, help="Batch-1 runs per variant for the latency percentiles."),
-    int8_recipes: str | None = typer.Option(None, help="Comma-separated int8 candidates to try (default: all)."),
-    gate: list[str] = typer.Option([], "--gate", help="Override a gate: NAME=VALUE or PRECISION.NAME=VALUE (repeatable)."),
+    calibration_clips: int = typer.Option(
+        32, help="Synthetic calibration clips when no --calibration-data."
+    ),
+    latency_runs: int = typer.Option(
+        50, help="Batch-1 runs per variant for the latency percentiles."
+    ),
+    int8_recipes: str | None = typer.Option(
+        None, help="Comma-separated int8 candidates to try (default: all)."
+    ),
+    gate: list[str] = typer.Option(
+        [], "--gate", help="Override a gate: NAME=VALUE or PRECISION.NAME=VALUE (repeatable)."
+    ),
     seed: int = typer.Option(0, help="Seed for presets and synthetic data."),
     overwrite: bool = typer.Option(False, help="Replace --output if it exists."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -84,38 +102,68 @@ def optimize(
         _print_summary(output)
         raise
     _print_summary(output)
-    stderr.print(f"[green]Artifacts written to {output}[/green] ({len(built)} variant(s), all gates passed)")
+    stderr.print(
+        f"[green]Artifacts written to {output}[/green] ({len(built)} variant(s), all gates passed)"
+    )
 
 
 def _print_summary(output: Path) -> None:
     from optimize.manifest import read_manifest
 
     table = Table(title=f"artifacts in {output}")
-    for column in ("variant", "pool", "size MB", "p50 ms", "p99 ms", "agreement", "cosine", "gates"):
+    for column in (
+        "variant",
+        "pool",
+        "size MB",
+        "p50 ms",
+        "p99 ms",
+        "agreement",
+        "cosine",
+        "gates",
+    ):
         table.add_column(column)
     for directory in sorted(p for p in output.iterdir() if (p / "manifest.json").is_file()):
         m = read_manifest(directory)
         failed = ", ".join(g.name for g in m.failed_gates)
         table.add_row(
-            m.variant, m.pool, f"{m.measurements.size_bytes / 1e6:.1f}",
-            f"{m.measurements.latency.p50_s * 1e3:.1f}", f"{m.measurements.latency.p99_s * 1e3:.1f}",
-            f"{m.fidelity.top1_agreement:.4f}", f"{m.fidelity.logit_cosine:.5f}",
+            m.variant,
+            m.pool,
+            f"{m.measurements.size_bytes / 1e6:.1f}",
+            f"{m.measurements.latency.p50_s * 1e3:.1f}",
+            f"{m.measurements.latency.p99_s * 1e3:.1f}",
+            f"{m.fidelity.top1_agreement:.4f}",
+            f"{m.fidelity.logit_cosine:.5f}",
             "[green]passed[/green]" if m.accepted else f"[red]FAILED: {failed}[/red]",
         )
     stdout.print(table)
 
 
 def bench(
-    artifacts: Path = typer.Option(..., "--artifacts", "-a", help="Directory made by `sluiceway optimize`."),
-    output: Path = typer.Option(Path("bench-results"), "--output", "-o", help="Where to write bench.md, bench.json, latency.png."),
+    artifacts: Path = typer.Option(
+        ..., "--artifacts", "-a", help="Directory made by `sluiceway optimize`."
+    ),
+    output: Path = typer.Option(
+        Path("bench-results"),
+        "--output",
+        "-o",
+        help="Where to write bench.md, bench.json, latency.png.",
+    ),
     threads: int = typer.Option(2, help="Threads for every runner; 1 is the single-core mode."),
     seconds: float = typer.Option(3.0, help="Clip length (s)."),
-    runs: int = typer.Option(100, help="Interleaved batch-1 rounds (each runs every variant once)."),
+    runs: int = typer.Option(
+        100, help="Interleaved batch-1 rounds (each runs every variant once)."
+    ),
     eval_clips: int = typer.Option(200, help="Synthetic clips for agreement/accuracy."),
-    sample_percent: float = typer.Option(100.0, min=1.0, max=100.0, help="Use this share of the eval clips."),
-    low_memory: bool = typer.Option(False, help="Disable ONNX Runtime's memory arena and patterns."),
+    sample_percent: float = typer.Option(
+        100.0, min=1.0, max=100.0, help="Use this share of the eval clips."
+    ),
+    low_memory: bool = typer.Option(
+        False, help="Disable ONNX Runtime's memory arena and patterns."
+    ),
     device: str = typer.Option("cpu", help="cpu or cuda."),
-    variants: str | None = typer.Option(None, help="Comma-separated variants (default: all in --artifacts runnable on --device)."),
+    variants: str | None = typer.Option(
+        None, help="Comma-separated variants (default: all in --artifacts runnable on --device)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Bench artifacts beside the PyTorch eager source, interleaved in one run."""
@@ -127,8 +175,14 @@ def bench(
     except ValueError:
         raise typer.BadParameter(f"--device {device!r}: use cpu or cuda") from None
     config = BenchConfig(
-        artifacts=artifacts, threads=threads, seconds=seconds, runs=runs, eval_clips=eval_clips,
-        sample_percent=sample_percent, low_memory=low_memory, device=dev,
+        artifacts=artifacts,
+        threads=threads,
+        seconds=seconds,
+        runs=runs,
+        eval_clips=eval_clips,
+        sample_percent=sample_percent,
+        low_memory=low_memory,
+        device=dev,
         variants=tuple(_split(variants)) if variants else None,
     )
     with ProgressBar(quiet=quiet) as bar:

@@ -31,12 +31,15 @@ def fidelity(
         logit_cosine=float(_cosine(source, candidate).mean()) if finite else -1.0,
         max_abs_error=float(np.abs(source - candidate).max()) if finite else float("inf"),
         source_class_share={
-            label: float(count / source.shape[0]) for label, count in zip(labels, counts, strict=True)
+            label: float(count / source.shape[0])
+            for label, count in zip(labels, counts, strict=True)
         },
     )
 
 
-def task_metrics(logits: NDArray[np.float32], truth: NDArray[np.int64], classes: int) -> TaskMetrics:
+def task_metrics(
+    logits: NDArray[np.float32], truth: NDArray[np.int64], classes: int
+) -> TaskMetrics:
     """Accuracy and macro precision/recall/F1 of ``logits`` against ``truth``."""
     predicted = logits.argmax(axis=1)
     precisions, recalls, f1s = [], [], []

@@ -47,7 +47,11 @@ class GateThresholds(BaseModel):
 
 _PRECISION_OVERRIDES: dict[Precision, dict[str, float]] = {
     # fp32 must reproduce PyTorch up to float rounding.
-    Precision.FP32: {"min_top1_agreement": 0.999, "min_logit_cosine": 0.9999, "max_abs_error": 1e-2},
+    Precision.FP32: {
+        "min_top1_agreement": 0.999,
+        "min_logit_cosine": 0.9999,
+        "max_abs_error": 1e-2,
+    },
     Precision.FP16: {"min_top1_agreement": 0.99, "min_logit_cosine": 0.999, "max_abs_error": 0.25},
     # int8 moves logits by up to ~2 on wav2vec2-base (logits of magnitude ~5) without
     # changing decisions: agreement and cosine are its real gates, max_abs_error a backstop.
@@ -84,7 +88,9 @@ def parse_gate_overrides(specs: Iterable[str]) -> dict[Precision | None, dict[st
     for spec in specs:
         key, sep, raw = spec.partition("=")
         if not sep:
-            raise GateSpecError(f"--gate {spec!r}: expected NAME=VALUE, e.g. min_top1_agreement=0.995")
+            raise GateSpecError(
+                f"--gate {spec!r}: expected NAME=VALUE, e.g. min_top1_agreement=0.995"
+            )
         scope, dot, name = key.strip().rpartition(".")
         precision: Precision | None = None
         if dot:

@@ -58,7 +58,9 @@ class SourceInfo(_Frozen):
     """The checkpoint an artifact was made from."""
 
     model: str = Field(description="preset name or checkpoint directory as given")
-    architecture: str = Field(description="transformers class, e.g. Wav2Vec2ForSequenceClassification")
+    architecture: str = Field(
+        description="transformers class, e.g. Wav2Vec2ForSequenceClassification"
+    )
     sha256: str = Field(description="digest of the checkpoint's files (sorted by name)")
     parameters: int = Field(ge=0)
 

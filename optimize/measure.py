@@ -67,7 +67,9 @@ def interleaved_latencies(
     return samples
 
 
-def throughput(runner: Runner, clips: NDArray[np.float32], *, batch: int, rounds: int = 3) -> Throughput:
+def throughput(
+    runner: Runner, clips: NDArray[np.float32], *, batch: int, rounds: int = 3
+) -> Throughput:
     """Clips per second at ``batch``, best of ``rounds`` after one warm-up call."""
     block = np.stack([clips[i % len(clips)] for i in range(batch)])
     runner(block)
@@ -86,14 +88,23 @@ def timed(action: Callable[[], T]) -> tuple[T, float]:
     return result, time.perf_counter() - start
 
 
-def peak_rss(kind: str, path: Path, *, threads: int, seconds: float, low_memory: bool = False) -> int:
+def peak_rss(
+    kind: str, path: Path, *, threads: int, seconds: float, low_memory: bool = False
+) -> int:
     """Peak RSS (bytes) of a fresh process that loads ``path`` and runs three inferences.
 
     ``kind`` is ``onnx`` (a model file) or ``torch`` (a checkpoint directory).
     """
     command = [
-        sys.executable, "-m", "optimize.rss_probe", kind, str(path),
-        "--threads", str(threads), "--seconds", str(seconds),
+        sys.executable,
+        "-m",
+        "optimize.rss_probe",
+        kind,
+        str(path),
+        "--threads",
+        str(threads),
+        "--seconds",
+        str(seconds),
     ]
     if low_memory:
         command.append("--low-memory")

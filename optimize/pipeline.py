@@ -23,7 +23,7 @@ from optimize.audio import AudioSet, load_folder, synthetic_set
 from optimize.checkpoint import SourceModel, resolve_source
 from optimize.errors import DatasetError, GatesFailed, InputError, OptimizeError
 from optimize.evaluate import fidelity, task_metrics
-from optimize.export import INPUT_NAME, OUTPUT_NAME, OPSET, check_export, export_fp32
+from optimize.export import INPUT_NAME, OPSET, OUTPUT_NAME, check_export, export_fp32
 from optimize.gates import judge, thresholds_for
 from optimize.manifest import (
     MODEL_FILE,
@@ -109,9 +109,7 @@ def _check_config(config: OptimizeConfig) -> None:
         raise InputError("--variants is empty; choose from fp32, fp16, int8")
     unknown = [r for r in config.int8_recipes if r not in RECIPES_BY_NAME]
     if unknown:
-        raise InputError(
-            f"unknown int8 recipe(s) {unknown}; known: {', '.join(RECIPES_BY_NAME)}"
-        )
+        raise InputError(f"unknown int8 recipe(s) {unknown}; known: {', '.join(RECIPES_BY_NAME)}")
     if config.output.exists() and not config.overwrite:
         raise InputError(
             f"{config.output} already exists; choose another --output or pass --overwrite"
@@ -119,13 +117,21 @@ def _check_config(config: OptimizeConfig) -> None:
 
 
 def _dataset(
-    folder: Path | None, labels: Path | None, count: int, seed: int, config: OptimizeConfig,
-    label_names: tuple[str, ...], rate: int,
+    folder: Path | None,
+    labels: Path | None,
+    count: int,
+    seed: int,
+    config: OptimizeConfig,
+    label_names: tuple[str, ...],
+    rate: int,
 ) -> AudioSet:
     if folder is None:
         return synthetic_set(count, seconds=config.seconds, sample_rate=rate, seed=seed)
     data = load_folder(
-        folder, sample_rate=rate, seconds=config.seconds, label_names=label_names,
+        folder,
+        sample_rate=rate,
+        seconds=config.seconds,
+        label_names=label_names,
         labels_csv=labels,
     )
     if len(data) < 2:
@@ -134,7 +140,9 @@ def _dataset(
 
 
 @torch.inference_mode()
-def _torch_logits(source: SourceModel, clips: NDArray[np.float32], progress: ProgressFn) -> NDArray[np.float32]:
+def _torch_logits(
+    source: SourceModel, clips: NDArray[np.float32], progress: ProgressFn
+) -> NDArray[np.float32]:
     out = []
     total = len(clips)
     for i in range(0, total, 8):
@@ -144,7 +152,10 @@ def _torch_logits(source: SourceModel, clips: NDArray[np.float32], progress: Pro
 
 
 def _manifest(
-    ctx: _Context, precision: Precision, variant_dir: Path, recipe: Recipe,
+    ctx: _Context,
+    precision: Precision,
+    variant_dir: Path,
+    recipe: Recipe,
     logits: NDArray[np.float32],
 ) -> Manifest:
     """Measure the model in ``variant_dir`` and judge it; returns its manifest."""
@@ -158,7 +169,9 @@ def _manifest(
 
     clips = ctx.evaluation.clips
     samples = interleaved_latencies(
-        {precision.value: run}, clips, runs=config.latency_runs,
+        {precision.value: run},
+        clips,
+        runs=config.latency_runs,
         progress=lambda s, d, t: ctx.progress(f"{precision.value}: latency", d, t),
     )[precision.value]
     ctx.progress(f"{precision.value}: peak memory", 0, 0)
@@ -175,12 +188,17 @@ def _manifest(
         pool=_POOL[precision],
         created=utc_now(),
         source=SourceInfo(
-            model=config.model, architecture=ctx.source.architecture,
-            sha256=ctx.source.sha256, parameters=ctx.source.parameters,
+            model=config.model,
+            architecture=ctx.source.architecture,
+            sha256=ctx.source.sha256,
+            parameters=ctx.source.parameters,
         ),
         input=InputSpec(
-            input_name=INPUT_NAME, output_name=OUTPUT_NAME, sample_rate=ctx.source.sample_rate,
-            max_seconds=config.max_seconds, labels=list(ctx.source.labels),
+            input_name=INPUT_NAME,
+            output_name=OUTPUT_NAME,
+            sample_rate=ctx.source.sample_rate,
+            max_seconds=config.max_seconds,
+            labels=list(ctx.source.labels),
         ),
         files=digest_files(variant_dir, [MODEL_FILE]),
         recipe=recipe,
@@ -211,7 +229,9 @@ def _build_fp32(ctx: _Context, fp32: Path) -> BuiltVariant:
     directory = fp32.parent
     logits = _onnx_logits(ctx, fp32, "fp32")
     check_export(ctx.source_logits[:4], logits[:4], fp32)
-    recipe = Recipe(steps=["torch.onnx.export (TorchScript)", "dynamic batch and time axes"], opset=OPSET)
+    recipe = Recipe(
+        steps=["torch.onnx.export (TorchScript)", "dynamic batch and time axes"], opset=OPSET
+    )
     return BuiltVariant(directory, _manifest(ctx, Precision.FP32, directory, recipe, logits))
 
 
@@ -222,8 +242,11 @@ def _build_fp16(ctx: _Context, fp32: Path) -> BuiltVariant:
     convert_fp16(fp32, directory / MODEL_FILE)
     logits = _onnx_logits(ctx, directory / MODEL_FILE, "fp16")
     recipe = Recipe(
-        steps=["fp32 export", "fp16 weights and compute, fp32 inputs/outputs",
-               "normalisations (LayerNorm, GroupNorm/InstanceNorm, their reductions) kept fp32"],
+        steps=[
+            "fp32 export",
+            "fp16 weights and compute, fp32 inputs/outputs",
+            "normalisations (LayerNorm, GroupNorm/InstanceNorm, their reductions) kept fp32",
+        ],
         opset=OPSET,
     )
     return BuiltVariant(directory, _manifest(ctx, Precision.FP16, directory, recipe, logits))
@@ -246,8 +269,12 @@ def _build_int8(ctx: _Context, fp32: Path) -> BuiltVariant:
         target = scratch / f"{recipe.name}.onnx"
         try:
             quantize_int8(
-                recipe, pre, target, input_name=INPUT_NAME,
-                calibration=ctx.calibration.clips, work_dir=scratch,
+                recipe,
+                pre,
+                target,
+                input_name=INPUT_NAME,
+                calibration=ctx.calibration.clips,
+                work_dir=scratch,
             )
         except (RuntimeError, ValueError, onnx.checker.ValidationError) as exc:
             outcomes[recipe.name] = f"quantization failed: {str(exc)[:200]}"
@@ -257,11 +284,11 @@ def _build_int8(ctx: _Context, fp32: Path) -> BuiltVariant:
     if not built:
         raise OptimizeError(f"every int8 recipe failed: {outcomes}")
     sessions = {n: open_session(p, threads=config.threads) for n, p in built.items()}
-    runners = {
-        n: (lambda x, s=s: s.run(None, {INPUT_NAME: x})) for n, s in sessions.items()
-    }
+    runners = {n: (lambda x, s=s: s.run(None, {INPUT_NAME: x})) for n, s in sessions.items()}
     samples = interleaved_latencies(
-        runners, ctx.calibration.clips, runs=config.candidate_runs,
+        runners,
+        ctx.calibration.clips,
+        runs=config.candidate_runs,
         progress=lambda s, d, t: ctx.progress("int8: timing candidates", d, t),
     )
     p50 = {n: float(np.percentile(v, 50)) for n, v in samples.items()}
@@ -288,22 +315,32 @@ def _build_int8(ctx: _Context, fp32: Path) -> BuiltVariant:
     keep = chosen or fastest
     candidates = [
         QuantizationCandidate(
-            name=r.name, description=r.description, p50_s=p50.get(r.name), p99_s=p99.get(r.name),
+            name=r.name,
+            description=r.description,
+            p50_s=p50.get(r.name),
+            p99_s=p99.get(r.name),
             size_bytes=built[r.name].stat().st_size if r.name in built else None,
-            top1_agreement=agreements.get(r.name), outcome=outcomes[r.name],
+            top1_agreement=agreements.get(r.name),
+            outcome=outcomes[r.name],
         )
         for r in recipes
     ]
     reason = (
         f"{keep}: p50 {p50[keep] * 1e3:.1f} ms over {config.candidate_runs} interleaved runs, "
-        + ("the fastest candidate that passes the gates" if chosen
-           else "no candidate passed the gates; the fastest is kept, marked rejected")
+        + (
+            "the fastest candidate that passes the gates"
+            if chosen
+            else "no candidate passed the gates; the fastest is kept, marked rejected"
+        )
     )
     directory.mkdir()
     shutil.copyfile(built[keep], directory / MODEL_FILE)
     recipe = Recipe(
         steps=["fp32 export", "quant_pre_process", RECIPES_BY_NAME[keep].description],
-        opset=OPSET, quantization=keep, quantization_reason=reason, candidates=candidates,
+        opset=OPSET,
+        quantization=keep,
+        quantization_reason=reason,
+        candidates=candidates,
     )
     del sessions, runners
     result = BuiltVariant(
@@ -330,7 +367,9 @@ def _move_into_place(work: Path, output: Path) -> None:
         work.rename(output)
 
 
-def build_artifacts(config: OptimizeConfig, progress: ProgressFn = no_progress) -> list[BuiltVariant]:
+def build_artifacts(
+    config: OptimizeConfig, progress: ProgressFn = no_progress
+) -> list[BuiltVariant]:
     """Build every requested variant of ``config.model`` into ``config.output``.
 
     Raises ``GatesFailed`` (after writing the artifacts, marked rejected) when a variant
@@ -343,27 +382,46 @@ def build_artifacts(config: OptimizeConfig, progress: ProgressFn = no_progress) 
         shutil.rmtree(work)
     work.mkdir()
     try:
-        source = resolve_source(config.model, work / SOURCE_DIR, seed=config.seed, progress=progress)
+        source = resolve_source(
+            config.model, work / SOURCE_DIR, seed=config.seed, progress=progress
+        )
         torch.set_num_threads(config.threads)
         rate = source.sample_rate
         calibration = _dataset(
-            config.calibration_data, None, config.calibration_clips, config.seed + 202,
-            config, source.labels, rate,
+            config.calibration_data,
+            None,
+            config.calibration_clips,
+            config.seed + 202,
+            config,
+            source.labels,
+            rate,
         )
         evaluation = _dataset(
-            config.eval_data, config.eval_labels, config.eval_clips, config.seed + 303,
-            config, source.labels, rate,
+            config.eval_data,
+            config.eval_labels,
+            config.eval_clips,
+            config.seed + 303,
+            config,
+            source.labels,
+            rate,
         )
         ctx = _Context(
-            config=config, work=work, source=source, calibration=calibration,
-            evaluation=evaluation, source_logits=_torch_logits(source, evaluation.clips, progress),
+            config=config,
+            work=work,
+            source=source,
+            calibration=calibration,
+            evaluation=evaluation,
+            source_logits=_torch_logits(source, evaluation.clips, progress),
             progress=progress,
         )
         fp32_dir = work / Precision.FP32.value
         fp32_dir.mkdir()
         progress("fp32: exporting", 0, 0)
         export_fp32(source, fp32_dir / MODEL_FILE, evaluation.clips[:1])
-        built = [_BUILDERS[p](ctx, fp32_dir / MODEL_FILE) for p in sorted(set(config.variants), key=list(Precision).index)]
+        built = [
+            _BUILDERS[p](ctx, fp32_dir / MODEL_FILE)
+            for p in sorted(set(config.variants), key=list(Precision).index)
+        ]
         if Precision.FP32 not in config.variants:
             shutil.rmtree(fp32_dir)
         for variant in built:
@@ -372,12 +430,11 @@ def build_artifacts(config: OptimizeConfig, progress: ProgressFn = no_progress) 
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    placed = [
-        BuiltVariant(config.output / v.directory.name, v.manifest) for v in built
-    ]
+    placed = [BuiltVariant(config.output / v.directory.name, v.manifest) for v in built]
     failures = [
         f"{v.manifest.variant}: {g.name} = {g.value:.4g} (needs {g.comparison} {g.threshold:g})"
-        for v in placed for g in v.manifest.failed_gates
+        for v in placed
+        for g in v.manifest.failed_gates
     ]
     if failures:
         raise GatesFailed(failures)

@@ -46,11 +46,13 @@ def open_session(
         options.enable_mem_pattern = False
     try:
         session = ort.InferenceSession(str(path), options, providers=_PROVIDERS[device])
-    except (ort.capi.onnxruntime_pybind11_state.Fail,
-            ort.capi.onnxruntime_pybind11_state.InvalidGraph,
-            ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
-            ort.capi.onnxruntime_pybind11_state.NoSuchFile,
-            ort.capi.onnxruntime_pybind11_state.NotImplemented) as exc:
+    except (
+        ort.capi.onnxruntime_pybind11_state.Fail,
+        ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+        ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
+        ort.capi.onnxruntime_pybind11_state.NoSuchFile,
+        ort.capi.onnxruntime_pybind11_state.NotImplemented,
+    ) as exc:
         raise ModelLoadError(
             f"ONNX Runtime cannot load {path}: {str(exc).strip()[:300]}; the file is corrupt "
             "or not an ONNX model: rebuild it with `sluiceway optimize`"

@@ -46,19 +46,28 @@ def test_folder_with_labels(tmp_path: Path) -> None:
     data = synthetic_set(4, seconds=0.25, sample_rate=16_000, seed=1)
     for i, clip in enumerate(data.clips):
         write_wav(tmp_path / f"c{i}.wav", clip, 16_000)
-    (tmp_path / "labels.csv").write_text("file,label\n" + "".join(
-        f"c{i}.wav,{'tonal' if i % 2 == 0 else 'noisy'}\n" for i in range(4)
-    ))
+    (tmp_path / "labels.csv").write_text(
+        "file,label\n"
+        + "".join(f"c{i}.wav,{'tonal' if i % 2 == 0 else 'noisy'}\n" for i in range(4))
+    )
     loaded = load_folder(
-        tmp_path, sample_rate=16_000, seconds=0.5, label_names=("tonal", "noisy"),
+        tmp_path,
+        sample_rate=16_000,
+        seconds=0.5,
+        label_names=("tonal", "noisy"),
         labels_csv=tmp_path / "labels.csv",
     )
     assert loaded.clips.shape == (4, 8000)  # padded to 0.5 s
     assert loaded.labels is not None and loaded.labels.tolist() == [0, 1, 0, 1]
     (tmp_path / "labels.csv").write_text("c0.wav,tonal\nc1.wav,laughter\n")
     with pytest.raises(DatasetError, match="'laughter'.*not one of the model's labels"):
-        load_folder(tmp_path, sample_rate=16_000, seconds=0.5, label_names=("tonal", "noisy"),
-                    labels_csv=tmp_path / "labels.csv")
+        load_folder(
+            tmp_path,
+            sample_rate=16_000,
+            seconds=0.5,
+            label_names=("tonal", "noisy"),
+            labels_csv=tmp_path / "labels.csv",
+        )
 
 
 def test_empty_or_missing_folders_are_errors(tmp_path: Path) -> None:

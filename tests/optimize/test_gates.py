@@ -10,7 +10,10 @@ from optimize.manifest import Fidelity, Precision
 
 def _fidelity(agreement: float, share: float = 0.5) -> Fidelity:
     return Fidelity(
-        clips=100, top1_agreement=agreement, logit_cosine=0.999, max_abs_error=0.1,
+        clips=100,
+        top1_agreement=agreement,
+        logit_cosine=0.999,
+        max_abs_error=0.1,
         source_class_share={"a": share, "b": 1 - share},
     )
 

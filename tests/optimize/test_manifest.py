@@ -16,7 +16,13 @@ from optimize.errors import (
     ArtifactRejected,
     ManifestInvalid,
 )
-from optimize.manifest import MANIFEST_FILE, MODEL_FILE, model_digest, read_manifest, verify_artifact
+from optimize.manifest import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    model_digest,
+    read_manifest,
+    verify_artifact,
+)
 
 
 def test_manifest_imports_without_torch_or_onnxruntime() -> None:

@@ -62,7 +62,9 @@ def test_fp16_keeps_fp32_io_and_norms(tiny_artifacts: Path) -> None:
     assert halves, "fp16 artifact holds no fp16 weights"
 
 
-def test_a_really_wrong_model_fails_the_agreement_gate(tiny_artifacts: Path, tmp_path: Path) -> None:
+def test_a_really_wrong_model_fails_the_agreement_gate(
+    tiny_artifacts: Path, tmp_path: Path
+) -> None:
     """An ONNX model of the same architecture but other weights is caught by the gates."""
     source = load_checkpoint(tiny_artifacts / "source")
     wrong = build_preset("wav2vec2-tiny", tmp_path / "wrong", seed=1234)
@@ -74,13 +76,19 @@ def test_a_really_wrong_model_fails_the_agreement_gate(tiny_artifacts: Path, tmp
     with torch.no_grad():
         reference = source.model(torch.from_numpy(data.clips)).logits.numpy()
     logits = run_logits(open_session(tmp_path / "wrong.onnx", threads=2), data.clips)
-    results = judge(fidelity(reference, logits, source.labels), GateThresholds.for_precision(Precision.INT8))
+    results = judge(
+        fidelity(reference, logits, source.labels), GateThresholds.for_precision(Precision.INT8)
+    )
     failed = {g.name for g in results if not g.passed}
     assert "min_top1_agreement" in failed
     # ... while the real int8 artifact of the same source passes on the same clips
     good = run_logits(open_session(tiny_artifacts / "int8" / MODEL_FILE, threads=2), data.clips)
-    assert all(g.passed for g in judge(fidelity(reference, good, source.labels),
-                                       GateThresholds.for_precision(Precision.INT8)))
+    assert all(
+        g.passed
+        for g in judge(
+            fidelity(reference, good, source.labels), GateThresholds.for_precision(Precision.INT8)
+        )
+    )
 
 
 def test_existing_output_is_not_overwritten_without_consent(tiny_artifacts: Path) -> None:

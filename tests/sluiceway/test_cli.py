@@ -16,7 +16,10 @@ from optimize.manifest import read_manifest
 def sluiceway(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sluiceway", *args],
-        capture_output=True, text=True, check=False, timeout=600,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
         env={**os.environ, **(env or {})},
     )
 
@@ -30,10 +33,22 @@ def test_help_lists_the_commands() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["optimize", "--model", "nope", "--output", "{tmp}/o"], "Error: 'nope' is neither a preset"),
-        (["optimize", "--model", "wav2vec2-tiny", "--output", "{tmp}/o", "--variants", "int4"], "variants are"),
-        (["optimize", "--model", "wav2vec2-tiny", "--output", "{tmp}/o", "--gate", "speed=1"], "Error: --gate 'speed=1': unknown gate"),
-        (["optimize", "--model", "wav2vec2-tiny", "--output", "{tmp}/o", "--threads", "0"], "Error: invalid value for threads"),
+        (
+            ["optimize", "--model", "nope", "--output", "{tmp}/o"],
+            "Error: 'nope' is neither a preset",
+        ),
+        (
+            ["optimize", "--model", "wav2vec2-tiny", "--output", "{tmp}/o", "--variants", "int4"],
+            "variants are",
+        ),
+        (
+            ["optimize", "--model", "wav2vec2-tiny", "--output", "{tmp}/o", "--gate", "speed=1"],
+            "Error: --gate 'speed=1': unknown gate",
+        ),
+        (
+            ["optimize", "--model", "wav2vec2-tiny", "--output", "{tmp}/o", "--threads", "0"],
+            "Error: invalid value for threads",
+        ),
         (["bench", "--artifacts", "{tmp}/missing"], "Error: {tmp}/missing is not a directory"),
     ],
 )
@@ -46,8 +61,9 @@ def test_user_mistakes_get_one_error_line(args: list[str], message: str, tmp_pat
 
 
 def test_debug_variable_shows_the_traceback(tmp_path: Path) -> None:
-    done = sluiceway("optimize", "--model", "nope", "--output", str(tmp_path / "o"),
-                     env={"SLUICEWAY_DEBUG": "1"})
+    done = sluiceway(
+        "optimize", "--model", "nope", "--output", str(tmp_path / "o"), env={"SLUICEWAY_DEBUG": "1"}
+    )
     assert done.returncode == 1
     assert "Traceback" in done.stderr and "CheckpointError" in done.stderr
 
@@ -57,9 +73,22 @@ def test_debug_variable_shows_the_traceback(tmp_path: Path) -> None:
 def test_a_failed_gate_exits_non_zero_naming_it_and_marks_the_artifact(tmp_path: Path) -> None:
     output = tmp_path / "strict"
     done = sluiceway(
-        "optimize", "--model", "wav2vec2-tiny", "--output", str(output), "--variants", "fp16",
-        "--seconds", "1", "--eval-clips", "16", "--latency-runs", "5", "--quiet",
-        "--gate", "fp16.max_abs_error=1e-9",
+        "optimize",
+        "--model",
+        "wav2vec2-tiny",
+        "--output",
+        str(output),
+        "--variants",
+        "fp16",
+        "--seconds",
+        "1",
+        "--eval-clips",
+        "16",
+        "--latency-runs",
+        "5",
+        "--quiet",
+        "--gate",
+        "fp16.max_abs_error=1e-9",
     )
     assert done.returncode == 1, done.stderr
     assert "Error: quality gates failed: fp16: max_abs_error" in done.stderr
@@ -73,8 +102,20 @@ def test_a_failed_gate_exits_non_zero_naming_it_and_marks_the_artifact(tmp_path:
 @pytest.mark.integration
 def test_bench_writes_table_json_and_plot(tiny_artifacts: Path, tmp_path: Path) -> None:
     done = sluiceway(
-        "bench", "--artifacts", str(tiny_artifacts), "--output", str(tmp_path), "--seconds", "1",
-        "--runs", "6", "--eval-clips", "16", "--threads", "1", "--quiet",
+        "bench",
+        "--artifacts",
+        str(tiny_artifacts),
+        "--output",
+        str(tmp_path),
+        "--seconds",
+        "1",
+        "--runs",
+        "6",
+        "--eval-clips",
+        "16",
+        "--threads",
+        "1",
+        "--quiet",
     )
     assert done.returncode == 0, done.stderr
     assert "| p99 (ms) |" in done.stdout and "pytorch-eager" in done.stdout

@@ -1,0 +1,320 @@
+"""The HTTP front door (one port): v2 inference protocol, audio classify, model listing.
+
+Every response names the variant and pool that served it (``x-sluiceway-variant``,
+``x-sluiceway-pool``, and ``x-sluiceway-route``: primary, latency, saturated, failover).
+Errors go through one handler table: ``ServingError`` subclasses carry their status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from optimize.manifest import Manifest, read_manifest
+from serving.audio_decode import decode_audio
+from serving.config import ServingConfig
+from serving.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    PayloadTooLarge,
+    ServingError,
+    Unauthorized,
+    UnknownModel,
+)
+from serving.metrics import IngressMetrics
+from serving.protocols.v2 import (
+    HEADER_LENGTH,
+    TensorSpec,
+    encode_infer_response,
+    model_metadata,
+    parse_infer_request,
+)
+from serving.routing.router import ModelRouter, Routed
+from serving.routing.variants import PIN_HEADER
+
+logger = logging.getLogger(__name__)
+
+APP_NAME = "sluiceway"
+STATUS_POLL_SECONDS = 1.0
+
+api = FastAPI(
+    title="Sluiceway",
+    description="Audio model serving: Open Inference Protocol v2 and audio classification.",
+    version="1",
+)
+
+
+@api.exception_handler(ServingError)
+async def _serving_error(_request: Request, exc: ServingError) -> JSONResponse:
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+def _token(config: ServingConfig) -> str | None:
+    """The bearer token, read once at start-up (env var first, then file)."""
+    if config.auth.token_env:
+        value = os.environ.get(config.auth.token_env)
+        if value:
+            return value.strip()
+    if config.auth.token_file:
+        return config.auth.token_file.read_text(encoding="utf-8").strip()
+    if config.auth.token_env or config.auth.token_file:
+        raise ServingError("auth is configured but neither the token variable nor file is set")
+    return None
+
+
+def _route_headers(routed: Routed) -> dict[str, str]:
+    return {
+        "x-sluiceway-variant": routed.variant,
+        "x-sluiceway-pool": routed.pool,
+        "x-sluiceway-route": routed.reason.value,
+    }
+
+
+@serve.deployment(name="ingress")
+@serve.ingress(api)
+class Ingress:
+    """Routes requests to the (model, pool) deployments."""
+
+    def __init__(
+        self, config: dict[str, Any], handles: dict[str, dict[str, DeploymentHandle]]
+    ) -> None:
+        self._config = ServingConfig.model_validate(config)
+        self._token = _token(self._config)
+        self._metrics = IngressMetrics.create()
+        from sluiceway import __version__
+
+        self._metrics.build_info.set(1, tags={"version": __version__})
+        self._routers = {
+            name: ModelRouter(name, model, self._config.pools, handles[name], self._metrics)
+            for name, model in self._config.models.items()
+        }
+        # Manifests are small JSON files beside the artifacts: labels, rate, input names.
+        self._manifests: dict[str, dict[str, Manifest]] = {
+            name: {
+                variant: read_manifest(v.artifacts[model.routing.pools[0]].local_path())
+                for variant, v in model.variants.items()
+            }
+            for name, model in self._config.models.items()
+        }
+        self._signatures: dict[str, dict[str, Any]] = {}
+        self._watcher: asyncio.Task[None] | None = None
+
+    # -- plumbing -------------------------------------------------------------------
+
+    def _ensure_watcher(self) -> None:
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_pools())
+
+    async def _watch_pools(self) -> None:
+        """Follow Serve's replica states; probe failed pools until they answer."""
+        while True:
+            with contextlib.suppress(Exception):  # status is advisory; never kill the loop
+                status = await asyncio.to_thread(serve.status)
+                deployments = status.applications[APP_NAME].deployments
+                for router in self._routers.values():
+                    for pool in router.order:
+                        state = deployments.get(f"{router.name}-{pool}")
+                        if state is not None:
+                            running = int(state.replica_states.get("RUNNING", 0))
+                            router.set_running_replicas(pool, running)
+            for router in self._routers.values():
+                for pool in router.order:
+                    if not router.stats[pool].healthy and router.stats[pool].capacity > 0:
+                        await router.probe(pool)
+            await asyncio.sleep(STATUS_POLL_SECONDS)
+
+    def _authorize(self, request: Request) -> None:
+        if self._token is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), self._token):
+            raise Unauthorized(
+                "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+                headers={"www-authenticate": "Bearer"},
+            )
+
+    def _router(self, model: str) -> ModelRouter:
+        if model not in self._routers:
+            raise UnknownModel(f"model {model!r} is not served; models: {sorted(self._routers)}")
+        return self._routers[model]
+
+    async def _body(self, request: Request, router: ModelRouter) -> bytes:
+        limit = router.config.limits.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes")
+        body = await request.body()
+        if len(body) > limit:
+            raise PayloadTooLarge(f"body of {len(body)} bytes exceeds the limit of {limit} bytes")
+        return body
+
+    async def _dispatch(self, router: ModelRouter, variant: str, inputs: dict[str, Any]) -> Routed:
+        """Route with the model's deadline; record the request's metrics."""
+        self._ensure_watcher()
+        start = time.perf_counter()
+        deadline = router.config.limits.deadline_seconds
+        try:
+            routed = await asyncio.wait_for(router.infer(variant, inputs), timeout=deadline)
+        except TimeoutError:
+            self._metrics.rejected.inc(tags={"model": router.name, "reason": "deadline"})
+            raise DeadlineExceeded(
+                f"model {router.name!r}: no result within the {deadline:g} s deadline"
+            ) from None
+        except ServingError as exc:
+            tags = {
+                "model": router.name,
+                "variant": variant,
+                "pool": "none",
+                "code": str(exc.status_code),
+            }
+            self._metrics.requests.inc(tags=tags)
+            raise
+        tags = {"model": router.name, "variant": variant, "pool": routed.pool, "code": "200"}
+        self._metrics.request_duration.observe(time.perf_counter() - start, tags=tags)
+        self._metrics.requests.inc(tags=tags)
+        return routed
+
+    def _variant(self, router: ModelRouter, request: Request, pinned: str | None = None) -> str:
+        return router.splitter.choose(pinned or request.headers.get(PIN_HEADER))
+
+    async def _signature(self, router: ModelRouter, variant: str) -> dict[str, Any]:
+        cached = self._signatures.get(router.name)
+        if cached is None:
+            handle = router._handles[router.order[0]]
+            cached = await handle.signature.remote()
+            self._signatures[router.name] = cached
+        return dict(cached[variant])
+
+    # -- health and metadata ---------------------------------------------------------
+
+    @api.get("/v2/health/live", tags=["health"])
+    async def live(self) -> dict[str, bool]:
+        return {"live": True}
+
+    @api.get("/v2/health/ready", tags=["health"])
+    async def ready(self) -> Response:
+        self._ensure_watcher()
+        ready = all(any(s.healthy for s in r.stats.values()) for r in self._routers.values())
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @api.get("/v2", tags=["v2"])
+    async def server_metadata(self) -> dict[str, Any]:
+        from sluiceway import __version__
+
+        return {"name": "sluiceway", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+    @api.get("/v2/models/{model}", tags=["v2"])
+    async def metadata(self, model: str, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        router = self._router(model)
+        variant = self._variant(router, request)
+        signature = await self._signature(router, variant)
+        return model_metadata(
+            model,
+            sorted(router.config.variants),
+            [TensorSpec(i["name"], i["datatype"], tuple(i["shape"])) for i in signature["inputs"]],
+            [TensorSpec(o["name"], o["datatype"], tuple(o["shape"])) for o in signature["outputs"]],
+        )
+
+    @api.get("/v2/models/{model}/ready", tags=["v2"])
+    async def model_ready(self, model: str, request: Request) -> Response:
+        self._authorize(request)
+        router = self._router(model)
+        self._ensure_watcher()
+        ready = any(s.healthy for s in router.stats.values())
+        return JSONResponse({"name": model, "ready": ready}, status_code=200 if ready else 503)
+
+    @api.get("/v1/models", tags=["v1"])
+    async def list_models(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        return {
+            "models": [
+                {
+                    "name": name,
+                    "variants": {n: v.weight for n, v in router.config.variants.items()},
+                    "labels": next(iter(self._manifests[name].values())).input.labels,
+                    "pools": [
+                        {
+                            "name": p,
+                            "healthy": s.healthy,
+                            "inflight": s.inflight,
+                            "capacity": s.capacity,
+                        }
+                        for p, s in router.stats.items()
+                    ],
+                    "spilling": router.policy.spilling,
+                }
+                for name, router in self._routers.items()
+            ]
+        }
+
+    # -- inference ---------------------------------------------------------------------
+
+    async def _infer_v2(self, model: str, request: Request, pinned: str | None) -> Response:
+        self._authorize(request)
+        router = self._router(model)
+        body = await self._body(request, router)
+        raw_length = request.headers.get(HEADER_LENGTH)
+        if raw_length is not None and not raw_length.isdigit():
+            raise BadRequest(f"{HEADER_LENGTH} must be an integer, got {raw_length!r}")
+        parsed = parse_infer_request(body, int(raw_length) if raw_length is not None else None)
+        variant = self._variant(router, request, pinned)
+        routed = await self._dispatch(router, variant, parsed.inputs)
+        content, headers = encode_infer_response(
+            model_name=model, model_version=routed.variant, request=parsed, outputs=routed.outputs
+        )
+        return Response(content, headers=headers | _route_headers(routed))
+
+    @api.post("/v2/models/{model}/infer", tags=["v2"])
+    async def infer(self, model: str, request: Request) -> Response:
+        return await self._infer_v2(model, request, None)
+
+    @api.post("/v2/models/{model}/versions/{version}/infer", tags=["v2"])
+    async def infer_version(self, model: str, version: str, request: Request) -> Response:
+        """A version is a variant: this pins it."""
+        return await self._infer_v2(model, request, version)
+
+    @api.post("/v1/models/{model}:classify", tags=["v1"])
+    async def classify(self, model: str, request: Request) -> Response:
+        """A WAV/FLAC upload (or raw PCM: audio/l16;rate=N) -> labels and scores."""
+        self._authorize(request)
+        router = self._router(model)
+        body = await self._body(request, router)
+        variant = self._variant(router, request)
+        manifest = self._manifests[model][variant]
+        limit = min(router.config.limits.max_audio_seconds, manifest.input.max_seconds)
+        wave = await asyncio.to_thread(
+            decode_audio,
+            body,
+            request.headers.get("content-type", "audio/wav"),
+            sample_rate=manifest.input.sample_rate,
+            max_seconds=limit,
+        )
+        routed = await self._dispatch(router, variant, {manifest.input.input_name: wave[None, :]})
+        logits = np.asarray(routed.outputs[manifest.input.output_name], dtype=np.float64)[0]
+        scores = np.exp(logits - logits.max())
+        scores /= scores.sum()
+        labels = manifest.input.labels
+        return JSONResponse(
+            {
+                "model": model,
+                "variant": routed.variant,
+                "pool": routed.pool,
+                "label": labels[int(scores.argmax())],
+                "scores": {label: float(s) for label, s in zip(labels, scores, strict=True)},
+                "seconds": wave.shape[0] / manifest.input.sample_rate,
+            },
+            headers=_route_headers(routed),
+        )

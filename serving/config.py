@@ -1,0 +1,200 @@
+"""The serving config: models -> variants (artifacts, weights) -> pools (replicas, batching).
+
+One pydantic model validates both the local YAML file and, in the cluster, the RayService
+``serveConfigV2`` application ``args`` rendered by the Helm chart, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from serving.errors import ConfigError
+
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ArtifactRef(_Frozen):
+    """Where an artifact directory is, and the sha256 its model.onnx must have."""
+
+    uri: str = Field(min_length=1, description="artifact directory: a path, or file:// URI")
+    sha256: Sha256
+
+    def local_path(self) -> Path:
+        return Path(self.uri.removeprefix("file://"))
+
+
+class VariantConfig(_Frozen):
+    """One variant of a model: its share of traffic and its artifact for each pool."""
+
+    weight: int = Field(100, ge=0, le=100, description="percent of traffic")
+    artifacts: dict[Name, ArtifactRef] = Field(min_length=1, description="pool name -> artifact")
+
+
+class ReplicasConfig(_Frozen):
+    """Replica count of a pool's deployment (autoscaled between min and max)."""
+
+    min: int = Field(1, ge=0)
+    max: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReplicasConfig:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class BatchingConfig(_Frozen):
+    """Dynamic batching inside a replica."""
+
+    max_batch_size: int = Field(8, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)
+
+
+class PoolConfig(_Frozen):
+    """A hardware pool: how its replicas run and how much each may hold."""
+
+    device: Literal["cuda", "cpu"] = "cpu"
+    replicas: ReplicasConfig = ReplicasConfig()
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    threads: int = Field(1, ge=1, le=256, description="ONNX Runtime intra-op threads per replica")
+    max_ongoing_requests: int = Field(4, ge=1, description="concurrent requests per replica")
+    max_queued_requests: int = Field(8, ge=0, description="requests queued per pool beyond that")
+    batching: BatchingConfig | None = None
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Ray custom resources that pin replicas to the pool"
+    )
+
+    @model_validator(mode="after")
+    def _gpu_needs_gpus(self) -> PoolConfig:
+        if self.device == "cuda" and self.num_gpus <= 0:
+            raise ValueError("a cuda pool needs num_gpus > 0 (e.g. 1, or 0.5 to share a GPU)")
+        return self
+
+
+class RoutingConfig(_Frozen):
+    """How a model's requests are spread over pools."""
+
+    pools: list[Name] = Field(min_length=1, description="pools in order of preference")
+    slo_p99_seconds: float = Field(0.5, gt=0, description="latency a request should meet")
+    spill_hysteresis: float = Field(
+        0.2, ge=0, lt=1, description="stop spilling once expected latency < SLO x (1 - this)"
+    )
+    min_spill_seconds: float = Field(2.0, ge=0, description="spill at least this long once started")
+    latency_window: int = Field(64, ge=4, description="recent requests the latency estimate uses")
+    retry_after_seconds: int = Field(1, ge=1, description="Retry-After sent with 503")
+    health_check_seconds: float = Field(1.0, gt=0, description="probe interval for a failed pool")
+
+
+class LimitsConfig(_Frozen):
+    """Per-request limits."""
+
+    max_body_bytes: int = Field(8 * 2**20, ge=1024)
+    max_audio_seconds: float = Field(30.0, gt=0)
+    deadline_seconds: float = Field(10.0, gt=0)
+
+
+class ModelConfig(_Frozen):
+    """A served model: its variants, routing and limits."""
+
+    variants: dict[Name, VariantConfig] = Field(min_length=1)
+    routing: RoutingConfig
+    limits: LimitsConfig = LimitsConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        total = sum(v.weight for v in self.variants.values())
+        if total != 100:
+            weights = {name: v.weight for name, v in self.variants.items()}
+            raise ValueError(f"variant weights must sum to 100, got {total} ({weights})")
+        for name, variant in self.variants.items():
+            missing = [p for p in self.routing.pools if p not in variant.artifacts]
+            if missing:
+                raise ValueError(f"variant {name!r} has no artifact for pool(s) {missing}")
+        return self
+
+
+class HttpConfig(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+
+class AuthConfig(_Frozen):
+    """Optional bearer-token auth (health endpoints stay open)."""
+
+    token_env: str | None = Field(None, description="environment variable holding the token")
+    token_file: Path | None = Field(None, description="file holding the token")
+
+
+class MetricsConfig(_Frozen):
+    export_port: int = Field(8080, ge=1, le=65535, description="Ray metrics port on every node")
+
+
+class ServingConfig(_Frozen):
+    """The whole serving application."""
+
+    models: dict[Name, ModelConfig] = Field(min_length=1)
+    pools: dict[Name, PoolConfig] = Field(min_length=1)
+    http: HttpConfig = HttpConfig()
+    auth: AuthConfig = AuthConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    @model_validator(mode="after")
+    def _pools_exist(self) -> ServingConfig:
+        for name, model in self.models.items():
+            unknown = [p for p in model.routing.pools if p not in self.pools]
+            if unknown:
+                raise ValueError(
+                    f"model {name!r} routes to undefined pool(s) {unknown}; "
+                    f"defined pools: {sorted(self.pools)}"
+                )
+        return self
+
+
+def describe_validation_error(exc: ValidationError, origin: str) -> str:
+    """One line per problem: dotted field path, message, offending value."""
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "(root)"
+        value = repr(error.get("input"))
+        value = value if len(value) <= 80 else value[:77] + "..."
+        lines.append(f"{origin}: {where}: {error['msg']} (got {value})")
+    return "; ".join(lines)
+
+
+def parse_config(data: Any, origin: str = "config") -> ServingConfig:
+    """Validate already-parsed data (YAML, or the RayService application ``args``)."""
+    try:
+        return ServingConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, origin)) from exc
+
+
+def load_config(path: Path) -> ServingConfig:
+    """Read and validate a serving YAML file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read serving config {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    return parse_config(data, str(path))

@@ -1,0 +1,74 @@
+"""Errors raised by serving; each carries the HTTP status it becomes.
+
+The tree::
+
+    ServingError
+    ├── ConfigError             the serving config is invalid (field path, value, limit)
+    ├── BadRequest (400)        malformed JSON, wrong shape or dtype, undecodable audio
+    ├── Unauthorized (401)      missing or wrong bearer token
+    ├── UnknownModel (404)      no such model or variant
+    ├── PayloadTooLarge (413)   body or audio over the configured limit
+    ├── PoolSaturated (503)     every pool is full: shed, with Retry-After
+    ├── ModelUnavailable (503)  no healthy replica in any pool
+    └── DeadlineExceeded (504)  the request's deadline passed before a result came back
+"""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    """Base of every error raised by `serving`."""
+
+    status_code = 500
+    headers: dict[str, str]
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+
+
+class ConfigError(ServingError):
+    """The serving configuration is invalid."""
+
+
+class BadRequest(ServingError):
+    """The request body or its tensors are malformed."""
+
+    status_code = 400
+
+
+class Unauthorized(ServingError):
+    """A bearer token is required and was missing or wrong."""
+
+    status_code = 401
+
+
+class UnknownModel(ServingError):
+    """The model or variant named in the request does not exist."""
+
+    status_code = 404
+
+
+class PayloadTooLarge(ServingError):
+    """The body or the audio is longer than the configured limit."""
+
+    status_code = 413
+
+
+class PoolSaturated(ServingError):
+    """Every pool is at capacity; the request is shed."""
+
+    status_code = 503
+
+
+class ModelUnavailable(ServingError):
+    """No pool has a healthy replica for the model."""
+
+    status_code = 503
+
+
+class DeadlineExceeded(ServingError):
+    """The per-request deadline passed."""
+
+    status_code = 504

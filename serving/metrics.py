@@ -1,0 +1,181 @@
+"""Every metric Sluiceway exports, in one place (names, units, labels).
+
+Metrics go through Ray's metrics API, so each node's metrics agent exports them on the
+node's metrics port (one PodMonitor endpoint per pod); Ray prefixes each name with
+``ray_``. Objects are built by the deployments that record them (no import-time
+singletons), so a test can build fresh ones.
+
+| exported name (after Ray's prefix)              | type      | labels                           |
+| ----------------------------------------------- | --------- | -------------------------------- |
+| ray_sluiceway_request_duration_seconds          | histogram | model, variant, pool, code       |
+| ray_sluiceway_requests_total                    | counter   | model, variant, pool, code       |
+| ray_sluiceway_requests_rejected_total           | counter   | model, reason                    |
+| ray_sluiceway_spillovers_total                  | counter   | model, from_pool, to_pool, reason|
+| ray_sluiceway_pool_inflight_requests            | gauge     | model, pool                      |
+| ray_sluiceway_replica_memory_bytes              | gauge     | model, variant, pool             |
+| ray_sluiceway_replica_gpu_memory_bytes          | gauge     | model, variant, pool             |
+| ray_sluiceway_artifact_load_seconds             | gauge     | model, variant, pool             |
+| ray_sluiceway_batch_size                        | histogram | model, pool                      |
+| ray_sluiceway_build_info                        | gauge (1) | version                          |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ray.util.metrics import Counter, Gauge, Histogram
+
+PREFIX = "sluiceway_"
+RAY_PREFIX = "ray_"
+
+# Fine enough for P99 in milliseconds from 2 ms to 30 s: 1 ms steps at the low end.
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.002,
+    0.004,
+    0.006,
+    0.008,
+    0.010,
+    0.0125,
+    0.015,
+    0.0175,
+    0.020,
+    0.025,
+    0.030,
+    0.035,
+    0.040,
+    0.045,
+    0.050,
+    0.060,
+    0.070,
+    0.080,
+    0.090,
+    0.100,
+    0.120,
+    0.140,
+    0.160,
+    0.180,
+    0.200,
+    0.225,
+    0.250,
+    0.275,
+    0.300,
+    0.350,
+    0.400,
+    0.450,
+    0.500,
+    0.600,
+    0.700,
+    0.800,
+    0.900,
+    1.0,
+    1.25,
+    1.5,
+    1.75,
+    2.0,
+    2.5,
+    3.0,
+    4.0,
+    5.0,
+    7.5,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+)
+BATCH_BUCKETS: tuple[float, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
+
+REQUEST_DURATION = PREFIX + "request_duration_seconds"
+REQUESTS = PREFIX + "requests"  # Ray's exporter adds _total to counters
+REJECTED = PREFIX + "requests_rejected"
+SPILLOVERS = PREFIX + "spillovers"
+INFLIGHT = PREFIX + "pool_inflight_requests"
+REPLICA_MEMORY = PREFIX + "replica_memory_bytes"
+REPLICA_GPU_MEMORY = PREFIX + "replica_gpu_memory_bytes"
+ARTIFACT_LOAD = PREFIX + "artifact_load_seconds"
+BATCH_SIZE = PREFIX + "batch_size"
+BUILD_INFO = PREFIX + "build_info"
+
+
+def exported_name(name: str, suffix: str = "") -> str:
+    """The name a Prometheus scrape shows for one of our metrics."""
+    return RAY_PREFIX + name + suffix
+
+
+@dataclass(frozen=True)
+class IngressMetrics:
+    """What the router records per request."""
+
+    request_duration: Histogram
+    requests: Counter
+    rejected: Counter
+    spillovers: Counter
+    inflight: Gauge
+    build_info: Gauge
+
+    @classmethod
+    def create(cls) -> IngressMetrics:
+        request_labels = ("model", "variant", "pool", "code")
+        return cls(
+            request_duration=Histogram(
+                REQUEST_DURATION,
+                description="Request latency at the ingress, in seconds.",
+                boundaries=list(LATENCY_BUCKETS_S),
+                tag_keys=request_labels,
+            ),
+            requests=Counter(REQUESTS, description="Requests answered.", tag_keys=request_labels),
+            rejected=Counter(
+                REJECTED,
+                description="Requests shed (saturated) or timed out (deadline).",
+                tag_keys=("model", "reason"),
+            ),
+            spillovers=Counter(
+                SPILLOVERS,
+                description="Requests sent to a pool other than the preferred one.",
+                tag_keys=("model", "from_pool", "to_pool", "reason"),
+            ),
+            inflight=Gauge(
+                INFLIGHT,
+                description="Requests in flight per pool, as the router sees them.",
+                tag_keys=("model", "pool"),
+            ),
+            build_info=Gauge(
+                BUILD_INFO, description="Always 1; labels say the build.", tag_keys=("version",)
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class ReplicaMetrics:
+    """What a model replica records."""
+
+    memory: Gauge
+    gpu_memory: Gauge
+    load_seconds: Gauge
+    batch_size: Histogram
+
+    @classmethod
+    def create(cls) -> ReplicaMetrics:
+        labels = ("model", "variant", "pool")
+        return cls(
+            memory=Gauge(
+                REPLICA_MEMORY,
+                description="Resident memory of the replica process, bytes.",
+                tag_keys=labels,
+            ),
+            gpu_memory=Gauge(
+                REPLICA_GPU_MEMORY,
+                description="GPU memory used by the replica, bytes.",
+                tag_keys=labels,
+            ),
+            load_seconds=Gauge(
+                ARTIFACT_LOAD,
+                description="Seconds to verify and load the artifact.",
+                tag_keys=labels,
+            ),
+            batch_size=Histogram(
+                BATCH_SIZE,
+                description="Requests per model call.",
+                boundaries=list(BATCH_BUCKETS),
+                tag_keys=("model", "pool"),
+            ),
+        )

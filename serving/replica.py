@@ -1,0 +1,209 @@
+"""A model replica: verified artifacts on ONNX Runtime, one deployment per (model, pool).
+
+A replica verifies every artifact it is given (sha256 against the config, gates passed),
+opens it on its pool's device, warms it up, and only then reports healthy. Requests are
+optionally batched (Serve's dynamic batching): requests of the same variant and shape are
+run as one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import psutil
+from numpy.typing import NDArray
+from ray import serve
+
+from optimize.manifest import MODEL_FILE, Manifest, verify_artifact
+from serving.config import ArtifactRef, PoolConfig
+from serving.errors import BadRequest, ConfigError, UnknownModel
+from serving.metrics import ReplicaMetrics
+from serving.protocols.v2 import ONNX_TO_V2, TensorSpec, check_inputs
+
+logger = logging.getLogger(__name__)
+
+Tensors = dict[str, NDArray[Any]]
+_PROVIDERS = {
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "cpu": ["CPUExecutionProvider"],
+}
+
+
+@dataclass(frozen=True)
+class LoadedVariant:
+    """One artifact open on ONNX Runtime."""
+
+    manifest: Manifest
+    session: ort.InferenceSession
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    provider: str
+
+
+def _specs(args: list[Any]) -> tuple[TensorSpec, ...]:
+    return tuple(
+        TensorSpec(
+            name=a.name,
+            datatype=ONNX_TO_V2.get(a.type, a.type),
+            shape=tuple(d if isinstance(d, int) else -1 for d in a.shape),
+        )
+        for a in args
+    )
+
+
+def load_variant(ref: ArtifactRef, pool: PoolConfig) -> LoadedVariant:
+    """Verify the artifact and open it on the pool's device."""
+    directory = ref.local_path()
+    manifest = verify_artifact(directory, expected_sha256=ref.sha256)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = pool.threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        str(directory / MODEL_FILE), options, providers=_PROVIDERS[pool.device]
+    )
+    provider = session.get_providers()[0]
+    if pool.device == "cuda" and provider != "CUDAExecutionProvider":
+        raise ConfigError(
+            f"pool device is cuda but ONNX Runtime runs {directory} on {provider}: "
+            "CUDA is not usable on this node"
+        )
+    return LoadedVariant(
+        manifest=manifest,
+        session=session,
+        inputs=_specs(session.get_inputs()),
+        outputs=_specs(session.get_outputs()),
+        provider=provider,
+    )
+
+
+def _warmup(variant: LoadedVariant) -> None:
+    feeds = {
+        spec.name: np.zeros(
+            [1 if d < 0 else d for d in spec.shape[:1]]
+            + [variant.manifest.input.sample_rate if d < 0 else d for d in spec.shape[1:]],
+            dtype=np.float32,
+        )
+        for spec in variant.inputs
+    }
+    variant.session.run(None, feeds)
+
+
+class ModelReplica:
+    """The Serve deployment class behind every (model, pool)."""
+
+    def __init__(
+        self,
+        model: str,
+        pool: str,
+        pool_config: dict[str, Any],
+        artifacts: dict[str, dict[str, str]],
+    ) -> None:
+        self._model, self._pool = model, pool
+        self._config = PoolConfig.model_validate(pool_config)
+        self._metrics = ReplicaMetrics.create()
+        self._variants: dict[str, LoadedVariant] = {}
+        for name, raw in artifacts.items():
+            start = time.perf_counter()
+            variant = load_variant(ArtifactRef.model_validate(raw), self._config)
+            _warmup(variant)
+            self._variants[name] = variant
+            tags = {"model": model, "variant": name, "pool": pool}
+            self._metrics.load_seconds.set(time.perf_counter() - start, tags=tags)
+            logger.info(
+                "%s/%s on %s: loaded %s (%s)", model, name, pool, raw["uri"], variant.provider
+            )
+        batching = self._config.batching
+        if batching is not None:
+            self._batched.set_max_batch_size(batching.max_batch_size)
+            self._batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self._process = psutil.Process(os.getpid())
+        self._report_memory()
+
+    def _report_memory(self) -> None:
+        rss = float(self._process.memory_info().rss)
+        for name in self._variants:
+            self._metrics.memory.set(
+                rss, tags={"model": self._model, "variant": name, "pool": self._pool}
+            )
+
+    def signature(self) -> dict[str, Any]:
+        """Inputs, outputs and manifest of every variant (for metadata endpoints)."""
+        return {
+            name: {
+                "inputs": [s.to_json() for s in v.inputs],
+                "outputs": [s.to_json() for s in v.outputs],
+                "provider": v.provider,
+                "precision": v.manifest.precision.value,
+            }
+            for name, v in self._variants.items()
+        }
+
+    def health(self) -> str:
+        """Answers when the replica is up (the router's recovery probe)."""
+        return "ok"
+
+    def _variant(self, name: str) -> LoadedVariant:
+        if name not in self._variants:
+            raise UnknownModel(f"variant {name!r} is not loaded on pool {self._pool!r}")
+        return self._variants[name]
+
+    def _run(self, variant: str, inputs: Tensors) -> Tensors:
+        loaded = self._variant(variant)
+        checked = check_inputs(inputs, loaded.inputs)
+        results = loaded.session.run(None, checked)
+        return {spec.name: np.asarray(r) for spec, r in zip(loaded.outputs, results, strict=True)}
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def _batched(self, items: list[tuple[str, Tensors]]) -> list[Tensors | Exception]:
+        """Requests of one variant and shape run together; the rest run alone."""
+        groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+        for index, (variant, inputs) in enumerate(items):
+            key = (variant, *((n, a.shape[1:], a.dtype.str) for n, a in sorted(inputs.items())))
+            groups[key].append(index)
+        results: list[Tensors | Exception] = [BadRequest("unprocessed")] * len(items)
+        for indices in groups.values():
+            variant = items[indices[0]][0]
+            names = items[indices[0]][1].keys()
+            stacked = {n: np.concatenate([items[i][1][n] for i in indices]) for n in names}
+            self._metrics.batch_size.observe(
+                len(indices), tags={"model": self._model, "pool": self._pool}
+            )
+            try:
+                outputs = await asyncio.to_thread(self._run, variant, stacked)
+            except (BadRequest, UnknownModel) as exc:
+                for i in indices:
+                    results[i] = exc
+                continue
+            offset = 0
+            for i in indices:
+                rows = next(iter(items[i][1].values())).shape[0]
+                results[i] = {n: o[offset : offset + rows] for n, o in outputs.items()}
+                offset += rows
+        return results
+
+    async def infer(self, variant: str, inputs: Tensors) -> Tensors:
+        """Run one request; returns the model's outputs by name."""
+        if self._config.batching is None:
+            self._metrics.batch_size.observe(1, tags={"model": self._model, "pool": self._pool})
+            result = await asyncio.to_thread(self._run, variant, inputs)
+        else:
+            outcome = await self._batched((variant, inputs))
+            if isinstance(outcome, Exception):
+                raise outcome
+            result = outcome
+        self._report_memory()
+        return result
+
+
+def replica_deployment_name(model: str, pool: str) -> str:
+    """The Serve deployment name of a (model, pool)."""
+    return f"{model}-{pool}"

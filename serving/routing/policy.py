@@ -1,0 +1,104 @@
+"""Routing policies: pools in, a decision out. No HTTP, no Ray handles."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from serving.routing.pool_stats import Clock, PoolView
+
+
+class Reason(StrEnum):
+    """Why a request went where it went (a closed set: it labels metrics)."""
+
+    PRIMARY = "primary"  # the preferred pool had headroom
+    SPILL_LATENCY = "latency"  # preferred pool's expected latency breaks the SLO
+    SPILL_SATURATED = "saturated"  # preferred pool is full (queue at its limit)
+    FAILOVER = "failover"  # preferred pool has no healthy replica
+    SHED = "shed"  # every pool is saturated
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where one request goes; ``pool`` is None when it is shed."""
+
+    pool: str | None
+    reason: Reason
+
+
+class RoutingPolicy(ABC):
+    """Picks a pool for one request from per-pool snapshots."""
+
+    @abstractmethod
+    def choose(self, pools: Sequence[PoolView]) -> Decision:
+        """``pools`` in order of preference."""
+
+    def on_completed(self, decision: Decision, latency_s: float) -> None:  # optional hook
+        return None
+
+
+class SpilloverPolicy(RoutingPolicy):
+    """Preferred pool first; spill to the next when its expected latency breaks the SLO.
+
+    Hysteresis: once spilling starts it lasts at least ``min_spill_s`` and until the
+    preferred pool's expected latency is below ``slo_s * (1 - hysteresis)``.
+    """
+
+    def __init__(
+        self, *, slo_s: float, hysteresis: float, min_spill_s: float, clock: Clock
+    ) -> None:
+        self._slo_s = slo_s
+        self._resume_s = slo_s * (1 - hysteresis)
+        self._min_spill_s = min_spill_s
+        self._clock = clock
+        self._spilling_since: float | None = None
+
+    @property
+    def spilling(self) -> bool:
+        return self._spilling_since is not None
+
+    def _update_spill_state(self, primary: PoolView) -> Reason | None:
+        """The spill reason while spilling, else None."""
+        expected = primary.expected_latency_s()
+        now = self._clock()
+        if primary.saturated:
+            self._spilling_since = self._spilling_since or now
+            return Reason.SPILL_SATURATED
+        if expected is not None and expected > self._slo_s:
+            self._spilling_since = self._spilling_since or now
+            return Reason.SPILL_LATENCY
+        if self._spilling_since is not None:
+            calm = expected is None or expected < self._resume_s
+            if calm and now - self._spilling_since >= self._min_spill_s:
+                self._spilling_since = None
+                return None
+            return Reason.SPILL_LATENCY
+        return None
+
+    def choose(self, pools: Sequence[PoolView]) -> Decision:
+        healthy = [p for p in pools if p.healthy]
+        if not healthy:
+            return Decision(None, Reason.SHED)
+        preferred = pools[0]
+        if not preferred.healthy:
+            fallback = next((p for p in healthy if not p.saturated), None)
+            return Decision(
+                fallback.name if fallback else None, Reason.FAILOVER if fallback else Reason.SHED
+            )
+        spill = self._update_spill_state(preferred)
+        if spill is None:
+            return Decision(preferred.name, Reason.PRIMARY)
+        for other in healthy[1:]:
+            if not other.saturated:
+                return Decision(other.name, spill)
+        # Nowhere to spill: queue on the preferred pool while it has room, else shed.
+        if not preferred.saturated:
+            return Decision(preferred.name, Reason.PRIMARY)
+        return Decision(None, Reason.SHED)
+
+
+def views_in_order(order: Sequence[str], stats: Mapping[str, PoolView]) -> list[PoolView]:
+    """The pools' views in preference order."""
+    return [stats[name] for name in order]

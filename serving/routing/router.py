@@ -1,0 +1,178 @@
+"""Per-model routing around Ray handles: the policy decides, this module only dispatches.
+
+A request goes to the pool the policy picks; if that pool's replicas die under it or Ray
+rejects it (``max_queued_requests``), the pool is marked accordingly and the request is
+tried on the next pool, so a lost pool costs no request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
+from ray.serve.handle import DeploymentHandle
+
+from serving.config import ModelConfig, PoolConfig
+from serving.errors import ModelUnavailable, PoolSaturated
+from serving.metrics import IngressMetrics
+from serving.routing.policy import Decision, Reason, SpilloverPolicy
+from serving.routing.pool_stats import Clock, PoolStats, PoolView
+from serving.routing.variants import VariantSplitter
+
+logger = logging.getLogger(__name__)
+
+REPLICA_LOST: tuple[type[BaseException], ...] = (
+    ActorDiedError,
+    ActorUnavailableError,
+    RayActorError,
+    ReplicaUnavailableError,
+    DeploymentUnavailableError,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Routed:
+    """A served request: outputs, and where they came from."""
+
+    outputs: dict[str, Any]
+    pool: str
+    variant: str
+    reason: Reason
+
+
+class ModelRouter:
+    """Routes one model's requests over its pools."""
+
+    def __init__(
+        self,
+        name: str,
+        config: ModelConfig,
+        pools: Mapping[str, PoolConfig],
+        handles: Mapping[str, DeploymentHandle],
+        metrics: IngressMetrics,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.order = list(config.routing.pools)
+        self._handles = handles
+        self._metrics = metrics
+        self._clock = clock
+        self.stats = {
+            p: PoolStats(
+                p,
+                capacity=max(1, pools[p].replicas.min) * pools[p].max_ongoing_requests,
+                queue_limit=pools[p].max_queued_requests,
+                window=config.routing.latency_window,
+                clock=clock,
+            )
+            for p in self.order
+        }
+        self._per_replica = {p: pools[p].max_ongoing_requests for p in self.order}
+        self.policy = SpilloverPolicy(
+            slo_s=config.routing.slo_p99_seconds,
+            hysteresis=config.routing.spill_hysteresis,
+            min_spill_s=config.routing.min_spill_seconds,
+            clock=clock,
+        )
+        self.splitter = VariantSplitter({n: v.weight for n, v in config.variants.items()})
+
+    def views(self, excluded: set[str]) -> list[PoolView]:
+        views = [self.stats[p].view() for p in self.order]
+        return [dataclasses.replace(v, healthy=False) if v.name in excluded else v for v in views]
+
+    def set_running_replicas(self, pool: str, running: int) -> None:
+        """From Serve's status: replicas RUNNING in a pool."""
+        stats = self.stats[pool]
+        stats.set_capacity(running * self._per_replica[pool])
+        if running == 0 and stats.healthy:
+            logger.warning("%s: pool %s has no running replica; failing over", self.name, pool)
+            stats.mark_unhealthy()
+
+    async def probe(self, pool: str) -> bool:
+        """Mark ``pool`` healthy again if one of its replicas answers in time."""
+        timeout = self.config.routing.health_check_seconds
+        response = self._handles[pool].health.remote()
+        try:
+            await asyncio.wait_for(response, timeout=timeout)
+        except (TimeoutError, *REPLICA_LOST):
+            response.cancel()
+            return False
+        if not self.stats[pool].healthy:
+            logger.info("%s: pool %s recovered", self.name, pool)
+        self.stats[pool].mark_healthy()
+        return True
+
+    def _shed(self) -> PoolSaturated:
+        self._metrics.rejected.inc(tags={"model": self.name, "reason": "saturated"})
+        retry = str(self.config.routing.retry_after_seconds)
+        return PoolSaturated(
+            f"model {self.name!r}: every pool is at capacity; retry after {retry} s",
+            headers={"retry-after": retry},
+        )
+
+    def _record_spill(self, decision: Decision) -> None:
+        if decision.pool is not None and decision.pool != self.order[0]:
+            self._metrics.spillovers.inc(
+                tags={
+                    "model": self.name,
+                    "from_pool": self.order[0],
+                    "to_pool": decision.pool,
+                    "reason": decision.reason.value,
+                }
+            )
+
+    async def infer(self, variant: str, inputs: dict[str, Any]) -> Routed:
+        """Dispatch to a pool; on a lost replica or Ray back-pressure try the next one."""
+        excluded: set[str] = set()
+        while True:
+            decision = self.policy.choose(self.views(excluded))
+            if decision.pool is None:
+                if all(not self.stats[p].healthy for p in self.order):
+                    raise ModelUnavailable(
+                        f"model {self.name!r} has no healthy replica in any pool; retry later",
+                        headers={"retry-after": str(self.config.routing.retry_after_seconds)},
+                    )
+                raise self._shed()
+            pool = decision.pool
+            stats = self.stats[pool]
+            stats.started()
+            self._metrics.inflight.set(stats.inflight, tags={"model": self.name, "pool": pool})
+            start = self._clock()
+            response = self._handles[pool].infer.remote(variant, inputs)
+            latency: float | None = None
+            try:
+                outputs = await response
+                latency = self._clock() - start
+            except BackPressureError:
+                excluded.add(pool)
+                continue
+            except REPLICA_LOST as exc:
+                logger.warning(
+                    "%s: a replica of pool %s was lost (%s); retrying elsewhere",
+                    self.name,
+                    pool,
+                    type(exc).__name__,
+                )
+                stats.mark_unhealthy()
+                excluded.add(pool)
+                continue
+            except asyncio.CancelledError:
+                response.cancel()
+                raise
+            finally:
+                stats.finished(latency)
+                self._metrics.inflight.set(stats.inflight, tags={"model": self.name, "pool": pool})
+            self._record_spill(decision)
+            self.policy.on_completed(decision, latency)
+            return Routed(outputs=outputs, pool=pool, variant=variant, reason=decision.reason)

@@ -1,0 +1,101 @@
+"""Build the Serve application from a config; start (or join) Ray and run it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from typing import Any
+
+import ray
+from ray import serve
+from ray.serve.deployment import Application
+
+from serving.app import APP_NAME, Ingress
+from serving.config import PoolConfig, ServingConfig
+from serving.replica import ModelReplica, replica_deployment_name
+
+logger = logging.getLogger(__name__)
+
+
+def _replica_options(name: str, pool: PoolConfig) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "name": name,
+        "max_ongoing_requests": pool.max_ongoing_requests,
+        "max_queued_requests": pool.max_queued_requests,
+        "ray_actor_options": {
+            "num_cpus": pool.num_cpus,
+            "num_gpus": pool.num_gpus,
+            "resources": dict(pool.resources),
+        },
+        "health_check_period_s": 2.0,
+        "health_check_timeout_s": 10.0,
+        "graceful_shutdown_timeout_s": 5.0,
+    }
+    if pool.replicas.min == pool.replicas.max:
+        options["num_replicas"] = pool.replicas.min
+    else:
+        options["autoscaling_config"] = {
+            "min_replicas": pool.replicas.min,
+            "max_replicas": pool.replicas.max,
+            "target_ongoing_requests": pool.replicas.target_ongoing_requests,
+        }
+    return options
+
+
+def build_app(config: ServingConfig) -> Application:
+    """The ingress bound to one replica deployment per (model, pool)."""
+    replica = serve.deployment(ModelReplica)
+    handles: dict[str, dict[str, Any]] = defaultdict(dict)
+    for model_name, model in config.models.items():
+        for pool_name in model.routing.pools:
+            pool = config.pools[pool_name]
+            artifacts = {
+                variant: v.artifacts[pool_name].model_dump(mode="json")
+                for variant, v in model.variants.items()
+            }
+            handles[model_name][pool_name] = replica.options(
+                **_replica_options(replica_deployment_name(model_name, pool_name), pool)
+            ).bind(model_name, pool_name, pool.model_dump(mode="json"), artifacts)
+    return Ingress.options(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000).bind(
+        config.model_dump(mode="json"), dict(handles)
+    )
+
+
+def local_resources(config: ServingConfig) -> dict[str, float]:
+    """Custom resources a one-machine cluster must offer so every pool's replicas fit."""
+    needed: dict[str, float] = defaultdict(float)
+    for pool in config.pools.values():
+        for key, amount in pool.resources.items():
+            needed[key] += amount * pool.replicas.max
+    return dict(needed)
+
+
+def start(
+    config: ServingConfig, *, address: str | None = None, num_cpus: int | None = None
+) -> None:
+    """Start a local Ray cluster (or join ``address``), then deploy and return."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            ray.init(
+                num_cpus=num_cpus,
+                resources=local_resources(config),
+                include_dashboard=False,
+                _metrics_export_port=config.metrics.export_port,
+                logging_level=logging.WARNING,
+            )
+    serve.start(
+        http_options={"host": config.http.host, "port": config.http.port},
+        logging_config={"enable_access_log": False, "log_level": "WARNING"},
+    )
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
+    logger.info("serving on http://%s:%d", config.http.host, config.http.port)
+
+
+def stop() -> None:
+    """Tear down the application and the Ray cluster this process started."""
+    serve.shutdown()
+    ray.shutdown()
