@@ -11,7 +11,7 @@ MODEL ?= wav2vec2-base
 ARTIFACTS ?= artifacts/$(MODEL)
 BENCH_OUT ?= bench-results/$(MODEL)
 
-.PHONY: help install test test-fast lint bench serve clean
+.PHONY: help install install-system test test-fast lint bench serve clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -26,7 +26,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[optimize,serving,deploy,dev]'
 	touch $@
 
-install: $(VENV)/.installed  ## create .venv with the project, its extras and test tools
+# System packages the tests use: a real Prometheus and promtool (Debian package).
+install-system:  ## apt-get the system packages the tests need (prometheus, promtool)
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
+
+install: install-system $(VENV)/.installed  ## system packages, then .venv with the project and test tools
 
 test: install  ## run the test suite (small preset; well under 15 minutes)
 	$(BIN)/pytest -q
@@ -45,8 +52,9 @@ $(ARTIFACTS)/int8/manifest.json: | install
 bench: $(ARTIFACTS)/int8/manifest.json  ## build the default artifacts if missing, bench them beside PyTorch eager
 	$(BIN)/sluiceway bench --artifacts $(ARTIFACTS) --threads 2 --seconds 3 --output $(BENCH_OUT)
 
-serve: $(ARTIFACTS)/int8/manifest.json  ## build the default artifacts (serving lands with issue 3)
-	@echo "Artifacts ready in $(ARTIFACTS):"; ls $(ARTIFACTS)
+PORT ?= 8000
+serve: $(ARTIFACTS)/int8/manifest.json  ## build the default artifacts if missing, serve them on localhost:$(PORT)
+	$(BIN)/sluiceway serve --artifacts $(ARTIFACTS) --port $(PORT)
 
 clean:  ## remove built artifacts and bench results (keeps .venv)
 	rm -rf artifacts bench-results

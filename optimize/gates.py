@@ -53,9 +53,9 @@ _PRECISION_OVERRIDES: dict[Precision, dict[str, float]] = {
         "max_abs_error": 1e-2,
     },
     Precision.FP16: {"min_top1_agreement": 0.99, "min_logit_cosine": 0.999, "max_abs_error": 0.25},
-    # int8 moves logits by up to ~2 on wav2vec2-base (logits of magnitude ~5) without
-    # changing decisions: agreement and cosine are its real gates, max_abs_error a backstop.
-    Precision.INT8: {"min_top1_agreement": 0.99, "min_logit_cosine": 0.99, "max_abs_error": 3.0},
+    # int8 moves wav2vec2-base logits (magnitude ~5) by up to ~1.1 without changing
+    # decisions; with 2 labels cosine barely sees a scale error, so max_abs_error backs it.
+    Precision.INT8: {"min_top1_agreement": 0.99, "min_logit_cosine": 0.99, "max_abs_error": 1.5},
 }
 
 GATE_NAMES: tuple[str, ...] = tuple(GateThresholds.model_fields)

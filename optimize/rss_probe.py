@@ -44,9 +44,23 @@ def main() -> None:
         with torch.inference_mode():
             for _ in range(3):
                 model(torch.from_numpy(clip))
-    # ru_maxrss is in KiB on Linux.
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"peak_rss_bytes": peak}))
+    print(json.dumps({"peak_rss_bytes": peak_rss_bytes()}))
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak RSS.
+
+    Linux keeps ``ru_maxrss`` across fork and exec, so a child started by a big parent
+    would report the parent's peak; ``VmHWM`` belongs to this process's own address space.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 if __name__ == "__main__":

@@ -3,12 +3,12 @@
 Every response names the variant and pool that served it (``x-sluiceway-variant``,
 ``x-sluiceway-pool``, and ``x-sluiceway-route``: primary, latency, saturated, failover).
 Errors go through one handler table: ``ServingError`` subclasses carry their status.
+
+No ``from __future__ import annotations`` here: FastAPI must resolve the route signatures
+at run time, and Serve's class-based ingress hides this module's globals from it.
 """
 
-from __future__ import annotations
-
 import asyncio
-import contextlib
 import hmac
 import logging
 import os
@@ -19,11 +19,13 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from ray.exceptions import RayError
+from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 
 from optimize.manifest import Manifest, read_manifest
 from serving.audio_decode import decode_audio
-from serving.config import ServingConfig
+from serving.config import ServingConfig, replica_deployment_name
 from serving.errors import (
     BadRequest,
     DeadlineExceeded,
@@ -116,18 +118,24 @@ class Ingress:
         if self._watcher is None or self._watcher.done():
             self._watcher = asyncio.get_running_loop().create_task(self._watch_pools())
 
+    async def _refresh_from_status(self) -> None:
+        """Replica counts per pool from Serve's controller (advisory: skipped if unavailable)."""
+        try:
+            status = await asyncio.to_thread(serve.status)
+            deployments = status.applications[APP_NAME].deployments
+        except (KeyError, RayServeException, RayError) as exc:
+            logger.debug("serve status unavailable: %s", exc)
+            return
+        for router in self._routers.values():
+            for pool in router.order:
+                state = deployments.get(replica_deployment_name(router.name, pool))
+                if state is not None:
+                    router.set_running_replicas(pool, int(state.replica_states.get("RUNNING", 0)))
+
     async def _watch_pools(self) -> None:
         """Follow Serve's replica states; probe failed pools until they answer."""
         while True:
-            with contextlib.suppress(Exception):  # status is advisory; never kill the loop
-                status = await asyncio.to_thread(serve.status)
-                deployments = status.applications[APP_NAME].deployments
-                for router in self._routers.values():
-                    for pool in router.order:
-                        state = deployments.get(f"{router.name}-{pool}")
-                        if state is not None:
-                            running = int(state.replica_states.get("RUNNING", 0))
-                            router.set_running_replicas(pool, running)
+            await self._refresh_from_status()
             for router in self._routers.values():
                 for pool in router.order:
                     if not router.stats[pool].healthy and router.stats[pool].capacity > 0:
@@ -265,12 +273,12 @@ class Ingress:
     async def _infer_v2(self, model: str, request: Request, pinned: str | None) -> Response:
         self._authorize(request)
         router = self._router(model)
+        variant = self._variant(router, request, pinned)
         body = await self._body(request, router)
         raw_length = request.headers.get(HEADER_LENGTH)
         if raw_length is not None and not raw_length.isdigit():
             raise BadRequest(f"{HEADER_LENGTH} must be an integer, got {raw_length!r}")
         parsed = parse_infer_request(body, int(raw_length) if raw_length is not None else None)
-        variant = self._variant(router, request, pinned)
         routed = await self._dispatch(router, variant, parsed.inputs)
         content, headers = encode_infer_response(
             model_name=model, model_version=routed.variant, request=parsed, outputs=routed.outputs

@@ -168,6 +168,11 @@ class ServingConfig(_Frozen):
         return self
 
 
+def replica_deployment_name(model: str, pool: str) -> str:
+    """The Serve deployment name of a (model, pool)."""
+    return f"{model}-{pool}"
+
+
 def describe_validation_error(exc: ValidationError, origin: str) -> str:
     """One line per problem: dotted field path, message, offending value."""
     lines = []

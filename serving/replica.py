@@ -202,8 +202,3 @@ class ModelReplica:
             result = outcome
         self._report_memory()
         return result
-
-
-def replica_deployment_name(model: str, pool: str) -> str:
-    """The Serve deployment name of a (model, pool)."""
-    return f"{model}-{pool}"

@@ -12,10 +12,20 @@ from ray import serve
 from ray.serve.deployment import Application
 
 from serving.app import APP_NAME, Ingress
-from serving.config import PoolConfig, ServingConfig
-from serving.replica import ModelReplica, replica_deployment_name
+from serving.config import PoolConfig, ServingConfig, replica_deployment_name
+from serving.replica import ModelReplica
 
 logger = logging.getLogger(__name__)
+
+# On a small or busy machine Serve's HTTP proxy can take longer than Ray's default 5 s to
+# report ready, and is then killed and restarted in a loop: give it time (env overrides).
+PROXY_PATIENCE = {
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
+}
+
+# Serve logs every request by default: that floods the console and costs time per request.
+QUIET_LOGS: dict[str, Any] = {"enable_access_log": False, "log_level": "WARNING"}
 
 
 def _replica_options(name: str, pool: PoolConfig) -> dict[str, Any]:
@@ -76,6 +86,8 @@ def start(
 ) -> None:
     """Start a local Ray cluster (or join ``address``), then deploy and return."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for key, value in PROXY_PATIENCE.items():
+        os.environ.setdefault(key, value)
     if not ray.is_initialized():
         if address:
             ray.init(address=address, logging_level=logging.WARNING)
@@ -89,9 +101,9 @@ def start(
             )
     serve.start(
         http_options={"host": config.http.host, "port": config.http.port},
-        logging_config={"enable_access_log": False, "log_level": "WARNING"},
+        logging_config=QUIET_LOGS,
     )
-    serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/", logging_config=QUIET_LOGS)
     logger.info("serving on http://%s:%d", config.http.host, config.http.port)
 
 

@@ -15,6 +15,8 @@ from pydantic import ValidationError
 
 from optimize.cli import register as register_optimize
 from optimize.errors import OptimizeError
+from serving.cli import register as register_serving
+from serving.errors import ServingError
 from sluiceway import __version__
 
 app = typer.Typer(
@@ -25,6 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 register_optimize(app)
+register_serving(app)
 
 
 def _version(value: bool) -> None:
@@ -53,7 +56,7 @@ def _validation_message(exc: ValidationError) -> str:
     return f"invalid value for {where}: {first['msg']} (got {first.get('input')!r})"
 
 
-_KNOWN: tuple[type[BaseException], ...] = (OptimizeError, ValidationError)
+_KNOWN: tuple[type[BaseException], ...] = (OptimizeError, ServingError, ValidationError)
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ def test_overrides_apply_globally_then_per_precision() -> None:
     overrides = parse_gate_overrides(["min_top1_agreement=0.9", "int8.min_top1_agreement=0.95"])
     assert thresholds_for(Precision.FP16, overrides).min_top1_agreement == 0.9
     assert thresholds_for(Precision.INT8, overrides).min_top1_agreement == 0.95
-    assert thresholds_for(Precision.INT8, overrides).max_abs_error == 3.0  # untouched default
+    assert thresholds_for(Precision.INT8, overrides).max_abs_error == 1.5  # untouched default
 
 
 @pytest.mark.parametrize(

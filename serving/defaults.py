@@ -1,0 +1,78 @@
+"""A serving config derived from one `sluiceway optimize` output directory.
+
+The embedded default: one model named after the directory, one variant, a GPU pool (the
+fp16 artifact on CUDA) only where ONNX Runtime can use CUDA, and a CPU pool (the int8
+artifact) always.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from optimize.manifest import model_digest, read_manifest
+from serving.config import ServingConfig, parse_config
+from serving.errors import ConfigError
+
+POOL_ARTIFACTS = {"gpu": "fp16", "cpu": "int8"}
+
+
+def cuda_usable() -> bool:
+    """True when ONNX Runtime's CUDA provider is installed and a GPU is visible."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    return Path("/dev/nvidia0").exists() or bool(os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def config_for_artifacts(
+    directory: Path, *, gpu: bool, port: int = 8000, cpu_threads: int | None = None
+) -> ServingConfig:
+    """One model from ``directory`` (its name), served on GPU (if ``gpu``) then CPU."""
+    pools = ["gpu", "cpu"] if gpu else ["cpu"]
+    artifacts = {}
+    for pool in pools:
+        path = directory / POOL_ARTIFACTS[pool]
+        if not (path / "manifest.json").is_file():
+            raise ConfigError(
+                f"{path} is not an artifact; build it with `sluiceway optimize --output {directory}`"
+            )
+        artifacts[pool] = {"uri": str(path.resolve()), "sha256": model_digest(read_manifest(path))}
+    threads = cpu_threads or max(1, (os.cpu_count() or 2))
+    name = directory.resolve().name.lower().replace("_", "-").replace(".", "-")
+    return parse_config(
+        {
+            "models": {
+                name: {
+                    "variants": {"default": {"weight": 100, "artifacts": artifacts}},
+                    "routing": {"pools": pools},
+                }
+            },
+            "pools": {
+                "gpu": {
+                    "device": "cuda",
+                    "num_gpus": 1,
+                    "max_ongoing_requests": 8,
+                    "batching": {"max_batch_size": 8},
+                },
+                "cpu": {
+                    "num_cpus": 1,
+                    "threads": threads,
+                    "max_ongoing_requests": 2,
+                    "max_queued_requests": 8,
+                },
+            }
+            if gpu
+            else {
+                "cpu": {
+                    "num_cpus": 1,
+                    "threads": threads,
+                    "max_ongoing_requests": 2,
+                    "max_queued_requests": 8,
+                },
+            },
+            "http": {"host": "127.0.0.1", "port": port},
+        },
+        origin=f"default config for {directory}",
+    )

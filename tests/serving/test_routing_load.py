@@ -1,0 +1,149 @@
+"""Routing under real load on Ray Serve: spillover, failover, shedding (bounded, localhost)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from optimize.audio import synthetic_set
+from tests.serving.conftest import TOKEN, deploy, serving_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+CLIP = synthetic_set(1, seconds=1.0, sample_rate=16_000, seed=8).clips[0]
+PCM = (np.clip(CLIP, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+async def fire(base: str, count: int, concurrency: int) -> list[httpx.Response]:
+    """``count`` classify requests, ``concurrency`` at a time."""
+    limit = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=60) as client:
+
+        async def one() -> httpx.Response:
+            async with limit:
+                return await client.post(
+                    f"{base}/v1/models/tiny:classify",
+                    content=PCM,
+                    headers=AUTH | {"content-type": "audio/l16;rate=16000"},
+                )
+
+        return await asyncio.gather(*(one() for _ in range(count)))
+
+
+def wait_ready(base: str, deadline_s: float = 120) -> None:
+    """Poll until every pool of the (re)deployed app reports healthy."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            listing = httpx.get(f"{base}/v1/models", headers=AUTH, timeout=5)
+            if listing.status_code == 200 and all(
+                p["healthy"] for p in listing.json()["models"][0]["pools"]
+            ):
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError("the pools did not all become healthy")
+
+
+def test_spills_to_the_slower_pool_under_load(
+    ray_serve: dict[str, int], tiny_artifacts: Path, token_file: Path
+) -> None:
+    deploy(
+        serving_config(
+            tiny_artifacts,
+            token_file,
+            ports=ray_serve,
+            fast={"max_ongoing_requests": 1, "max_queued_requests": 1},
+            slow={"max_ongoing_requests": 4, "max_queued_requests": 8},
+        )
+    )
+    base = f"http://127.0.0.1:{ray_serve['http']}"
+    wait_ready(base)
+    responses = asyncio.run(fire(base, count=60, concurrency=8))
+    assert [r.status_code for r in responses] == [200] * 60
+    routes = Counter(
+        (r.headers["x-sluiceway-pool"], r.headers["x-sluiceway-route"]) for r in responses
+    )
+    assert routes[("fast", "primary")] > 0
+    assert sum(n for (pool, _), n in routes.items() if pool == "slow") > 0
+    assert {route for pool, route in routes if pool == "slow"} <= {"saturated", "latency"}
+    # and with the load gone, traffic returns to the preferred pool (hysteresis: after
+    # min_spill_seconds, once the fast pool's expected latency is back under the SLO)
+    assert eventually_served_by(base, "fast", deadline_s=30)
+
+
+def eventually_served_by(base: str, pool: str, deadline_s: float) -> bool:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        response = asyncio.run(fire(base, count=1, concurrency=1))[0]
+        assert response.status_code == 200
+        if response.headers["x-sluiceway-pool"] == pool:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_fails_over_when_every_fast_replica_is_killed_mid_load(
+    ray_serve: dict[str, int], tiny_artifacts: Path, token_file: Path
+) -> None:
+    import ray
+
+    deploy(
+        serving_config(
+            tiny_artifacts,
+            token_file,
+            ports=ray_serve,
+            fast={"max_ongoing_requests": 2, "max_queued_requests": 4},
+            slow={"max_ongoing_requests": 2, "max_queued_requests": 16},
+        )
+    )
+    base = f"http://127.0.0.1:{ray_serve['http']}"
+    wait_ready(base)
+
+    async def scenario() -> list[httpx.Response]:
+        load = asyncio.create_task(fire(base, count=120, concurrency=4))
+        await asyncio.sleep(1.0)
+        victims = [
+            a for a in ray.util.list_named_actors(all_namespaces=True) if "#tiny-fast#" in a["name"]
+        ]
+        assert victims, "no replica of the fast pool found"
+        for actor in victims:  # replicas this test's cluster started: every one of the pool
+            ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
+        return await load
+
+    during = asyncio.run(scenario())
+    codes = Counter(r.status_code for r in during)
+    assert codes == {200: 120}, codes
+    assert any(r.headers["x-sluiceway-route"] == "failover" for r in during)
+    # Serve restarts the replica; the router probes it and traffic comes back
+    assert eventually_served_by(base, "fast", deadline_s=90), "fast pool never came back"
+
+
+def test_sheds_with_503_and_retry_after_when_every_pool_is_full(
+    ray_serve: dict[str, int], tiny_artifacts: Path, token_file: Path
+) -> None:
+    deploy(
+        serving_config(
+            tiny_artifacts,
+            token_file,
+            ports=ray_serve,
+            fast={"max_ongoing_requests": 1, "max_queued_requests": 0},
+            slow={"max_ongoing_requests": 1, "max_queued_requests": 0},
+            routing={"retry_after_seconds": 2},
+        )
+    )
+    base = f"http://127.0.0.1:{ray_serve['http']}"
+    wait_ready(base)
+    responses = asyncio.run(fire(base, count=40, concurrency=12))
+    codes = Counter(r.status_code for r in responses)
+    assert set(codes) == {200, 503}, codes
+    shed = [r for r in responses if r.status_code == 503]
+    assert all(r.headers["retry-after"] == "2" for r in shed)
+    assert "every pool is at capacity" in shed[0].json()["error"]
