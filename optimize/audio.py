@@ -59,7 +59,7 @@ def resample(wave: Waveform, source_rate: int, target_rate: int) -> Waveform:
     if source_rate == target_rate:
         return wave
     g = gcd(source_rate, target_rate)
-    return resample_poly(wave, target_rate // g, source_rate // g).astype(np.float32)
+    return np.asarray(resample_poly(wave, target_rate // g, source_rate // g), dtype=np.float32)
 
 
 def load_wav(path: Path, sample_rate: int) -> Waveform:
@@ -165,7 +165,7 @@ def _noisy(rng: np.random.Generator, samples: int) -> NDArray[np.float64]:
 
 
 def _normalise(x: NDArray[np.float64]) -> NDArray[np.float64]:
-    return x / (np.sqrt(np.mean(x**2)) + 1e-9)
+    return np.asarray(x / (np.sqrt(np.mean(x**2)) + 1e-9), dtype=np.float64)
 
 
 def synthetic_set(count: int, *, seconds: float, sample_rate: int, seed: int) -> AudioSet:

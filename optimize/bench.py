@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
@@ -128,6 +129,16 @@ def _variants(config: BenchConfig) -> dict[str, tuple[Path, Manifest]]:
     return found
 
 
+def onnx_runner(session: ort.InferenceSession) -> Runner:
+    """A batch-1 runner over an ONNX Runtime session's first input."""
+    name = session.get_inputs()[0].name
+
+    def run(x: NDArray[np.float32]) -> object:
+        return session.run(None, {name: x})
+
+    return run
+
+
 def _source(root: Path, manifest: Manifest) -> SourceModel:
     local = root / SOURCE_DIR
     return load_checkpoint(local if local.is_dir() else Path(manifest.source.model))
@@ -158,9 +169,7 @@ def run_bench(config: BenchConfig, progress: ProgressFn = no_progress) -> BenchR
         return source.model(torch.from_numpy(x)).logits
 
     runners: dict[str, Runner] = {EAGER: eager}
-    for name, session in sessions.items():
-        input_name = session.get_inputs()[0].name
-        runners[name] = lambda x, s=session, i=input_name: s.run(None, {i: x})
+    runners |= {name: onnx_runner(session) for name, session in sessions.items()}
     samples = interleaved_latencies(runners, data.clips, runs=config.runs, progress=progress)
 
     progress("accuracy on the eval set", 0, len(runners))

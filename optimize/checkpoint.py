@@ -173,7 +173,7 @@ def _pooled_features(
     batches = [clips[i : i + 8] for i in range(0, len(clips), 8)]
     out = []
     for done, batch in enumerate(batches, start=1):
-        hidden = model.wav2vec2(torch.from_numpy(batch)).last_hidden_state  # type: ignore[operator]
+        hidden = model.wav2vec2(torch.from_numpy(batch)).last_hidden_state
         out.append(hidden.mean(dim=1))
         progress("fitting head: encoding", done, len(batches))
     return torch.cat(out)
@@ -186,7 +186,7 @@ def _fit_head(model: PreTrainedModel, seed: int, seconds: float, progress: Progr
     features = _pooled_features(model, data.clips, progress)
     mean, std = features.mean(0), features.std(0) + 1e-6
     targets = torch.from_numpy(data.labels)
-    projector, classifier = model.projector, model.classifier  # type: ignore[union-attr]
+    projector, classifier = model.projector, model.classifier
     params = [*projector.parameters(), *classifier.parameters()]
     optimiser = torch.optim.Adam(params, lr=3e-3, weight_decay=1e-3)
     # Standardising inside the fit, then folding it into the projector, keeps the head's

@@ -264,12 +264,12 @@ def _build_int8(ctx: _Context, fp32: Path) -> BuiltVariant:
     recipes: list[Int8Recipe] = [RECIPES_BY_NAME[n] for n in config.int8_recipes]
     built: dict[str, Path] = {}
     outcomes: dict[str, str] = {}
-    for i, recipe in enumerate(recipes):
-        ctx.progress(f"int8: quantizing {recipe.name}", i, len(recipes))
-        target = scratch / f"{recipe.name}.onnx"
+    for i, candidate in enumerate(recipes):
+        ctx.progress(f"int8: quantizing {candidate.name}", i, len(recipes))
+        target = scratch / f"{candidate.name}.onnx"
         try:
             quantize_int8(
-                recipe,
+                candidate,
                 pre,
                 target,
                 input_name=INPUT_NAME,
@@ -277,10 +277,10 @@ def _build_int8(ctx: _Context, fp32: Path) -> BuiltVariant:
                 work_dir=scratch,
             )
         except (RuntimeError, ValueError, onnx.checker.ValidationError) as exc:
-            outcomes[recipe.name] = f"quantization failed: {str(exc)[:200]}"
-            logger.warning("int8 recipe %s failed: %s", recipe.name, exc)
+            outcomes[candidate.name] = f"quantization failed: {str(exc)[:200]}"
+            logger.warning("int8 recipe %s failed: %s", candidate.name, exc)
             continue
-        built[recipe.name] = target
+        built[candidate.name] = target
     if not built:
         raise OptimizeError(f"every int8 recipe failed: {outcomes}")
     sessions = {n: open_session(p, threads=config.threads) for n, p in built.items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+from pathlib import Path
 
 import numpy as np
 
@@ -26,8 +27,6 @@ def main() -> None:
     clip = np.random.default_rng(0).standard_normal((1, round(args.seconds * SAMPLE_RATE)))
     clip = (0.1 * clip).astype(np.float32)
     if args.kind == "onnx":
-        from pathlib import Path
-
         from optimize.runtime import open_session
 
         session = open_session(Path(args.path), threads=args.threads, low_memory=args.low_memory)
@@ -54,7 +53,7 @@ def peak_rss_bytes() -> int:
     would report the parent's peak; ``VmHWM`` belongs to this process's own address space.
     """
     try:
-        with open("/proc/self/status", encoding="ascii") as status:
+        with Path("/proc/self/status").open(encoding="ascii") as status:
             for line in status:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) * 1024

@@ -138,7 +138,7 @@ class Ingress:
             await self._refresh_from_status()
             for router in self._routers.values():
                 for pool in router.order:
-                    if not router.stats[pool].healthy and router.stats[pool].capacity > 0:
+                    if not router.stats[pool].healthy:
                         await router.probe(pool)
             await asyncio.sleep(STATUS_POLL_SECONDS)
 
@@ -168,10 +168,14 @@ class Ingress:
             raise PayloadTooLarge(f"body of {len(body)} bytes exceeds the limit of {limit} bytes")
         return body
 
-    async def _dispatch(self, router: ModelRouter, variant: str, inputs: dict[str, Any]) -> Routed:
-        """Route with the model's deadline; record the request's metrics."""
+    async def _dispatch(
+        self, router: ModelRouter, variant: str, inputs: dict[str, Any], start: float
+    ) -> Routed:
+        """Route with the model's deadline; record the request's metrics.
+
+        ``start`` is when the handler began (body read and decoding count as latency too).
+        """
         self._ensure_watcher()
-        start = time.perf_counter()
         deadline = router.config.limits.deadline_seconds
         try:
             routed = await asyncio.wait_for(router.infer(variant, inputs), timeout=deadline)
@@ -271,6 +275,7 @@ class Ingress:
     # -- inference ---------------------------------------------------------------------
 
     async def _infer_v2(self, model: str, request: Request, pinned: str | None) -> Response:
+        start = time.perf_counter()
         self._authorize(request)
         router = self._router(model)
         variant = self._variant(router, request, pinned)
@@ -279,7 +284,7 @@ class Ingress:
         if raw_length is not None and not raw_length.isdigit():
             raise BadRequest(f"{HEADER_LENGTH} must be an integer, got {raw_length!r}")
         parsed = parse_infer_request(body, int(raw_length) if raw_length is not None else None)
-        routed = await self._dispatch(router, variant, parsed.inputs)
+        routed = await self._dispatch(router, variant, parsed.inputs, start)
         content, headers = encode_infer_response(
             model_name=model, model_version=routed.variant, request=parsed, outputs=routed.outputs
         )
@@ -297,6 +302,7 @@ class Ingress:
     @api.post("/v1/models/{model}:classify", tags=["v1"])
     async def classify(self, model: str, request: Request) -> Response:
         """A WAV/FLAC upload (or raw PCM: audio/l16;rate=N) -> labels and scores."""
+        start = time.perf_counter()
         self._authorize(request)
         router = self._router(model)
         body = await self._body(request, router)
@@ -310,7 +316,8 @@ class Ingress:
             sample_rate=manifest.input.sample_rate,
             max_seconds=limit,
         )
-        routed = await self._dispatch(router, variant, {manifest.input.input_name: wave[None, :]})
+        inputs = {manifest.input.input_name: wave[None, :]}
+        routed = await self._dispatch(router, variant, inputs, start)
         logits = np.asarray(routed.outputs[manifest.input.output_name], dtype=np.float64)[0]
         scores = np.exp(logits - logits.max())
         scores /= scores.sum()

@@ -19,7 +19,7 @@ def _resample(wave: NDArray[np.float32], rate: int, target: int) -> NDArray[np.f
     if rate == target:
         return wave
     g = gcd(rate, target)
-    return resample_poly(wave, target // g, rate // g).astype(np.float32)
+    return np.asarray(resample_poly(wave, target // g, rate // g), dtype=np.float32)
 
 
 def decode_audio(

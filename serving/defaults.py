@@ -36,7 +36,8 @@ def config_for_artifacts(
         path = directory / POOL_ARTIFACTS[pool]
         if not (path / "manifest.json").is_file():
             raise ConfigError(
-                f"{path} is not an artifact; build it with `sluiceway optimize --output {directory}`"
+                f"{path} is not an artifact; build it with "
+                f"`sluiceway optimize --output {directory}`"
             )
         artifacts[pool] = {"uri": str(path.resolve()), "sha256": model_digest(read_manifest(path))}
     threads = cpu_threads or max(1, (os.cpu_count() or 2))

@@ -162,7 +162,7 @@ class ModelReplica:
         results = loaded.session.run(None, checked)
         return {spec.name: np.asarray(r) for spec, r in zip(loaded.outputs, results, strict=True)}
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)  # type: ignore[untyped-decorator]
     async def _batched(self, items: list[tuple[str, Tensors]]) -> list[Tensors | Exception]:
         """Requests of one variant and shape run together; the rest run alone."""
         groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)

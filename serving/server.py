@@ -32,7 +32,8 @@ def _replica_options(name: str, pool: PoolConfig) -> dict[str, Any]:
     options: dict[str, Any] = {
         "name": name,
         "max_ongoing_requests": pool.max_ongoing_requests,
-        "max_queued_requests": pool.max_queued_requests,
+        # Ray needs >= 1 here; the router enforces the pool's own limit (0 included).
+        "max_queued_requests": max(1, pool.max_queued_requests),
         "ray_actor_options": {
             "num_cpus": pool.num_cpus,
             "num_gpus": pool.num_gpus,
@@ -67,9 +68,11 @@ def build_app(config: ServingConfig) -> Application:
             handles[model_name][pool_name] = replica.options(
                 **_replica_options(replica_deployment_name(model_name, pool_name), pool)
             ).bind(model_name, pool_name, pool.model_dump(mode="json"), artifacts)
-    return Ingress.options(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000).bind(
-        config.model_dump(mode="json"), dict(handles)
-    )
+    ingress: Any = Ingress  # a Serve deployment; Ray's decorators are untyped here
+    application: Application = ingress.options(
+        ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000
+    ).bind(config.model_dump(mode="json"), dict(handles))
+    return application
 
 
 def local_resources(config: ServingConfig) -> dict[str, float]:

@@ -38,6 +38,11 @@ REPLICA_LOST: tuple[type[BaseException], ...] = (
     ReplicaUnavailableError,
     DeploymentUnavailableError,
 )
+PROBE_FAILED: tuple[type[BaseException], ...] = (TimeoutError, *REPLICA_LOST)
+
+
+class PoolLost(Exception):
+    """The pool a request waited on was declared lost; the request goes elsewhere."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +84,8 @@ class ModelRouter:
             for p in self.order
         }
         self._per_replica = {p: pools[p].max_ongoing_requests for p in self.order}
+        self._empty_polls = dict.fromkeys(self.order, 0)
+        self._lost_events: dict[str, asyncio.Event] = {}
         self.policy = SpilloverPolicy(
             slo_s=config.routing.slo_p99_seconds,
             hysteresis=config.routing.spill_hysteresis,
@@ -87,17 +94,44 @@ class ModelRouter:
         )
         self.splitter = VariantSplitter({n: v.weight for n, v in config.variants.items()})
 
-    def views(self, excluded: set[str]) -> list[PoolView]:
-        views = [self.stats[p].view() for p in self.order]
-        return [dataclasses.replace(v, healthy=False) if v.name in excluded else v for v in views]
+    def views(self, lost: set[str], full: set[str]) -> list[PoolView]:
+        """Snapshots for one decision; pools this request found lost or full are shown so."""
+        views = []
+        for pool in self.order:
+            view = self.stats[pool].view()
+            if pool in lost:
+                view = dataclasses.replace(view, healthy=False)
+            elif pool in full:
+                view = dataclasses.replace(view, inflight=view.capacity + view.queue_limit)
+            views.append(view)
+        return views
 
-    def set_running_replicas(self, pool: str, running: int) -> None:
-        """From Serve's status: replicas RUNNING in a pool."""
+    def _lost(self, pool: str) -> asyncio.Event:
+        """Set when ``pool`` is declared lost; a fresh one once it is healthy again."""
+        event = self._lost_events.get(pool)
+        if event is None or (event.is_set() and self.stats[pool].healthy):
+            event = self._lost_events[pool] = asyncio.Event()
+        return event
+
+    def mark_lost(self, pool: str, why: str) -> None:
+        """Take ``pool`` out of rotation and re-route the requests waiting on it."""
+        if self.stats[pool].healthy:
+            logger.warning("%s: pool %s lost (%s); failing over", self.name, pool, why)
+        self.stats[pool].mark_unhealthy()
+        self._lost(pool).set()
+
+    def set_running_replicas(self, pool: str, running: int, detail: str = "") -> None:
+        """From Serve's status: replicas RUNNING in a pool.
+
+        A pool is declared lost after two polls in a row without a running replica: one
+        such poll also happens while a rollout swaps replicas.
+        """
         stats = self.stats[pool]
-        stats.set_capacity(running * self._per_replica[pool])
-        if running == 0 and stats.healthy:
-            logger.warning("%s: pool %s has no running replica; failing over", self.name, pool)
-            stats.mark_unhealthy()
+        self._empty_polls[pool] = self._empty_polls[pool] + 1 if running == 0 else 0
+        if running > 0:
+            stats.set_capacity(running * self._per_replica[pool])
+        elif self._empty_polls[pool] >= 2 and stats.healthy:
+            self.mark_lost(pool, f"no running replica {detail}".strip())
 
     async def probe(self, pool: str) -> bool:
         """Mark ``pool`` healthy again if one of its replicas answers in time."""
@@ -105,7 +139,7 @@ class ModelRouter:
         response = self._handles[pool].health.remote()
         try:
             await asyncio.wait_for(response, timeout=timeout)
-        except (TimeoutError, *REPLICA_LOST):
+        except PROBE_FAILED:
             response.cancel()
             return False
         if not self.stats[pool].healthy:
@@ -132,11 +166,30 @@ class ModelRouter:
                 }
             )
 
+    async def _unless_lost(self, pool: str, response: Any) -> Any:
+        """The response's result, or PoolLost (request cancelled) if the pool is lost first."""
+        lost = self._lost(pool)
+        result = asyncio.ensure_future(response)  # a DeploymentResponse is awaitable
+        watcher = asyncio.ensure_future(lost.wait())
+        try:
+            done, _ = await asyncio.wait({result, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the deadline: drop the request everywhere
+            result.cancel()
+            raise
+        finally:
+            watcher.cancel()
+        if result in done:
+            return result.result()
+        result.cancel()
+        response.cancel()
+        raise PoolLost(pool)
+
     async def infer(self, variant: str, inputs: dict[str, Any]) -> Routed:
         """Dispatch to a pool; on a lost replica or Ray back-pressure try the next one."""
-        excluded: set[str] = set()
+        lost: set[str] = set()
+        full: set[str] = set()
         while True:
-            decision = self.policy.choose(self.views(excluded))
+            decision = self.policy.choose(self.views(lost, full))
             if decision.pool is None:
                 if all(not self.stats[p].healthy for p in self.order):
                     raise ModelUnavailable(
@@ -152,20 +205,17 @@ class ModelRouter:
             response = self._handles[pool].infer.remote(variant, inputs)
             latency: float | None = None
             try:
-                outputs = await response
+                outputs = await self._unless_lost(pool, response)
                 latency = self._clock() - start
-            except BackPressureError:
-                excluded.add(pool)
+            except BackPressureError:  # Ray's own queue limit: the pool is full
+                full.add(pool)
                 continue
             except REPLICA_LOST as exc:
-                logger.warning(
-                    "%s: a replica of pool %s was lost (%s); retrying elsewhere",
-                    self.name,
-                    pool,
-                    type(exc).__name__,
-                )
-                stats.mark_unhealthy()
-                excluded.add(pool)
+                self.mark_lost(pool, f"{type(exc).__name__} while serving")
+                lost.add(pool)
+                continue
+            except PoolLost:
+                lost.add(pool)
                 continue
             except asyncio.CancelledError:
                 response.cancel()

@@ -66,11 +66,12 @@ def serving_config(
     routing: dict[str, Any] | None = None,
     limits: dict[str, Any] | None = None,
     ports: dict[str, int],
+    model: str = "tiny",
 ) -> dict[str, Any]:
     pools = {"fast": "int8", "slow": "fp32"}
     return {
         "models": {
-            "tiny": {
+            model: {
                 "variants": {
                     "stable": {
                         "weight": 100,

@@ -20,6 +20,7 @@ from tests.serving.test_routing_load import PCM, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 AUTH = {"authorization": f"Bearer {TOKEN}"}
+MODEL = "tiny-prom"  # no other test serves it: its series hold only this test's requests
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ async def timed_load(base: str, count: int, concurrency: int) -> dict[str, list[
             async with limit:
                 start = time.perf_counter()
                 r = await client.post(
-                    f"{base}/v1/models/tiny:classify",
+                    f"{base}/v1/models/{MODEL}:classify",
                     content=PCM,
                     headers=AUTH | {"content-type": "audio/l16;rate=16000"},
                 )
@@ -67,22 +68,23 @@ def test_p99_per_pool_from_prometheus_matches_the_load_generator(
             tiny_artifacts,
             token_file,
             ports=ray_serve,
-            fast={"max_ongoing_requests": 1, "max_queued_requests": 2},
+            model=MODEL,
+            fast={"max_ongoing_requests": 1, "max_queued_requests": 0},
             slow={"max_ongoing_requests": 2, "max_queued_requests": 8},
         )
     )
     base = f"http://127.0.0.1:{ray_serve['http']}"
-    wait_ready(base)
+    wait_ready(base, model=MODEL)
     count = 300
-    measured = asyncio.run(timed_load(base, count=count, concurrency=4))
+    measured = asyncio.run(timed_load(base, count=count, concurrency=3))
     assert set(measured) == {"fast", "slow"}  # the load spilled: both pools have data
     bucket = exported_name(REQUEST_DURATION, "_bucket")
-    served = f'sum by (pool) ({exported_name(REQUEST_DURATION, "_count")}{{model="tiny"}})'
+    served = f'sum by (pool) ({exported_name(REQUEST_DURATION, "_count")}{{model="{MODEL}"}})'
     prometheus.wait_for(
         served, lambda r: sum(float(s["value"][1]) for s in r) >= count, deadline_s=120
     )
     result = prometheus.query(
-        f'histogram_quantile(0.99, sum by (le, pool) (increase({bucket}{{model="tiny"}}[10m])))'
+        f'histogram_quantile(0.99, sum by (le, pool) ({bucket}{{model="{MODEL}"}}))'
     )
     from_prometheus = {s["metric"]["pool"]: float(s["value"][1]) for s in result}
     for pool, samples in measured.items():

@@ -126,3 +126,18 @@ def test_bench_writes_table_json_and_plot(tiny_artifacts: Path, tmp_path: Path) 
     assert {t["name"] for t in report["targets"]} >= {"int8 p99 / PyTorch eager p99"}
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "bench.md").read_text().startswith("# Bench:")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "--config", "{tmp}/missing.yaml"], "Error: cannot read serving config"),
+        (["serve"], "give exactly one of --config or --artifacts"),
+        (["serve", "--artifacts", "{tmp}"], "is not an artifact"),
+    ],
+)
+def test_serve_mistakes_get_one_error_line(args: list[str], message: str, tmp_path: Path) -> None:
+    done = sluiceway(*[a.format(tmp=tmp_path) for a in args])
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from optimize.manifest import model_digest, read_manifest
+from serving.defaults import config_for_artifacts
+from serving.errors import ConfigError
+
+
+@pytest.mark.slow
+def test_default_config_serves_int8_on_cpu_and_fp16_on_gpu_when_there_is_one(
+    tiny_artifacts: Path,
+) -> None:
+    cpu_only = config_for_artifacts(tiny_artifacts, gpu=False, port=9000)
+    model = cpu_only.models["tiny"]
+    assert model.routing.pools == ["cpu"]
+    ref = model.variants["default"].artifacts["cpu"]
+    assert ref.local_path() == (tiny_artifacts / "int8").resolve()
+    assert ref.sha256 == model_digest(read_manifest(tiny_artifacts / "int8"))
+    assert cpu_only.http.port == 9000
+    with_gpu = config_for_artifacts(tiny_artifacts, gpu=True)
+    assert with_gpu.models["tiny"].routing.pools == ["gpu", "cpu"]
+    assert with_gpu.pools["gpu"].device == "cuda"
+    assert with_gpu.models["tiny"].variants["default"].artifacts["gpu"].uri.endswith("fp16")
+
+
+@pytest.mark.slow
+def test_a_directory_without_the_artifact_is_named(tiny_artifacts: Path, tmp_path: Path) -> None:
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_artifacts / "fp32", partial / "fp32")
+    with pytest.raises(ConfigError, match=r"partial/int8 is not an artifact"):
+        config_for_artifacts(partial, gpu=False)
