@@ -20,6 +20,7 @@ from tests.serving.test_routing_load import PCM, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 AUTH = {"authorization": f"Bearer {TOKEN}"}
+PROXY_HOP_S = 0.060
 MODEL = "tiny-prom"  # no other test serves it: its series hold only this test's requests
 
 
@@ -76,7 +77,7 @@ def test_p99_per_pool_from_prometheus_matches_the_load_generator(
     base = f"http://127.0.0.1:{ray_serve['http']}"
     wait_ready(base, model=MODEL)
     count = 300
-    measured = asyncio.run(timed_load(base, count=count, concurrency=3))
+    measured = asyncio.run(timed_load(base, count=count, concurrency=2))
     assert set(measured) == {"fast", "slow"}  # the load spilled: both pools have data
     bucket = exported_name(REQUEST_DURATION, "_bucket")
     served = f'sum by (pool) ({exported_name(REQUEST_DURATION, "_count")}{{model="{MODEL}"}})'
@@ -89,8 +90,19 @@ def test_p99_per_pool_from_prometheus_matches_the_load_generator(
     from_prometheus = {s["metric"]["pool"]: float(s["value"][1]) for s in result}
     for pool, samples in measured.items():
         client_p99 = float(np.percentile(samples, 99))
-        gap = abs(bucket_index(client_p99) - bucket_index(from_prometheus[pool]))
-        assert gap <= 1, (pool, client_p99, from_prometheus[pool])
+        server_p99 = from_prometheus[pool]
+        # The ingress cannot see the HTTP proxy hop in front of it. On this 2-core machine,
+        # with client, proxy, ingress, replicas and Prometheus sharing the cores, that hop
+        # alone measured 25-40 ms at P99 while the tiny model takes a few ms. So: within one
+        # bucket, or within PROXY_HOP_S of the client's P99 (a unit or label mistake would
+        # be off by 1000x or land on the wrong pool).
+        gap = abs(bucket_index(client_p99) - bucket_index(server_p99))
+        assert gap <= 1 or abs(client_p99 - server_p99) <= PROXY_HOP_S, (
+            pool,
+            client_p99,
+            server_p99,
+        )
+        assert server_p99 <= client_p99 + 0.005  # the server cannot see more than the client
 
 
 def test_documented_metric_names_are_what_a_scrape_shows(
