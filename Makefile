@@ -11,7 +11,7 @@ MODEL ?= wav2vec2-base
 ARTIFACTS ?= artifacts/$(MODEL)
 BENCH_OUT ?= bench-results/$(MODEL)
 
-.PHONY: help install install-system test test-fast lint bench serve clean
+.PHONY: help install install-system test test-fast lint bench bench-serve serve clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,10 @@ $(ARTIFACTS)/int8/manifest.json: | install
 
 bench: $(ARTIFACTS)/int8/manifest.json  ## build the default artifacts if missing, bench them beside PyTorch eager
 	$(BIN)/sluiceway bench --artifacts $(ARTIFACTS) --threads 2 --seconds 3 --output $(BENCH_OUT)
+
+bench-serve: $(ARTIFACTS)/int8/manifest.json  ## serving overhead vs a no-op Serve app; open-loop overload with/without spillover
+	mkdir -p bench-results
+	set -o pipefail; $(BIN)/python -m serving.bench --artifacts $(ARTIFACTS) | tee bench-results/serve.md
 
 PORT ?= 8000
 serve: $(ARTIFACTS)/int8/manifest.json  ## build the default artifacts if missing, serve them on localhost:$(PORT)

@@ -77,24 +77,29 @@ class SpilloverPolicy(RoutingPolicy):
             return Reason.SPILL_LATENCY
         return None
 
+    def _fits(self, pool: PoolView) -> bool:
+        """Room left, and a new request there is expected to meet the SLO."""
+        expected = pool.expected_latency_s()
+        return not pool.saturated and (expected is None or expected <= self._slo_s)
+
     def choose(self, pools: Sequence[PoolView]) -> Decision:
         healthy = [p for p in pools if p.healthy]
-        if not healthy:
-            return Decision(None, Reason.SHED)
         preferred = pools[0]
         if not preferred.healthy:
-            fallback = next((p for p in healthy if not p.saturated), None)
-            return Decision(
-                fallback.name if fallback else None, Reason.FAILOVER if fallback else Reason.SHED
-            )
+            fallback = next((p for p in healthy if self._fits(p)), None)
+            if fallback is None:
+                return Decision(None, Reason.SHED)
+            return Decision(fallback.name, Reason.FAILOVER)
         spill = self._update_spill_state(preferred)
         if spill is None:
             return Decision(preferred.name, Reason.PRIMARY)
         for other in healthy[1:]:
-            if not other.saturated:
+            if self._fits(other):
                 return Decision(other.name, spill)
-        # Nowhere to spill: queue on the preferred pool while it has room, else shed.
-        if not preferred.saturated:
+        # Nowhere to spill: the preferred pool if it can still meet the SLO (hysteresis
+        # keeps the spill state a little longer than strictly needed), else shed: a quick
+        # 503 + Retry-After beats a queue that breaks the SLO for everyone.
+        if self._fits(preferred):
             return Decision(preferred.name, Reason.PRIMARY)
         return Decision(None, Reason.SHED)
 

@@ -77,16 +77,30 @@ def test_fails_over_when_the_preferred_pool_has_no_healthy_replica() -> None:
     assert (decision.pool, decision.reason) == ("cpu", Reason.FAILOVER)
 
 
-def test_sheds_only_when_every_pool_is_saturated() -> None:
+def test_sheds_when_no_pool_has_room_within_the_slo() -> None:
     p = policy(FakeClock())
     gpu_full = view("gpu", inflight=8, capacity=4, queue=4)
     cpu_full = view("cpu", inflight=6, capacity=2, queue=4)
     assert p.choose([gpu_full, cpu_full]).pool is None
     assert p.choose([gpu_full, cpu_full]).reason is Reason.SHED
-    # spilling wanted but the other pool is full: queue where there is room
+    # the GPU would break the SLO (0.2 x 1.75 = 0.35 s) and the CPU is full: shed, not queue
     busy_gpu = view("gpu", inflight=6, capacity=4, queue=4, service=0.2)
-    assert p.choose([busy_gpu, cpu_full]).pool == "gpu"
+    assert p.choose([busy_gpu, cpu_full]).reason is Reason.SHED
+    # the CPU has room but would break the SLO too (0.3 s service): shed as well
+    slow_cpu = view("cpu", inflight=0, capacity=2, queue=4, service=0.3)
+    assert p.choose([busy_gpu, slow_cpu]).reason is Reason.SHED
     assert p.choose([view("gpu", healthy=False), cpu_full]).pool is None
+
+
+def test_hysteresis_keeps_using_the_preferred_pool_when_it_meets_the_slo() -> None:
+    clock = FakeClock()
+    p = policy(clock)
+    p.choose([view("gpu", inflight=7, service=0.11), view("cpu")])  # spilling starts
+    cpu_full = view("cpu", inflight=8, capacity=4, queue=4)
+    # 0.16 s expected: under the SLO, above the resume level: still spilling, but the CPU is
+    # full and the GPU meets the SLO, so it serves
+    decision = p.choose([view("gpu", inflight=4, service=0.08), cpu_full])
+    assert (decision.pool, decision.reason) == ("gpu", Reason.PRIMARY)
 
 
 def test_pool_stats_track_inflight_latency_and_health() -> None:

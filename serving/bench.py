@@ -1,0 +1,248 @@
+"""`make bench-serve`: what serving adds, and what spillover buys under overload.
+
+1. Overhead: batch-1 v2 binary requests (one 3 s clip) to Sluiceway, raw ONNX Runtime on
+   the same artifact in this process, and the same bytes to a no-op Serve deployment,
+   interleaved. Sluiceway's overhead (HTTP p50 - raw p50) is compared with the no-op app's
+   (its HTTP p50).
+2. Open-loop load (Poisson arrivals) at 2x the fast pool's measured capacity, first with
+   spillover (fast pool, then slow pool), then a no-spillover baseline (fast pool only);
+   P50/P99 of served requests against the SLO, and how fast shed requests are answered.
+
+Run: ``python -m serving.bench --artifacts artifacts/wav2vec2-base``. Prints Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+from starlette.requests import Request
+from starlette.responses import Response
+
+from optimize.manifest import MODEL_FILE, model_digest, read_manifest
+from serving.app import APP_NAME
+from serving.config import parse_config
+from serving.server import PROXY_PATIENCE, QUIET_LOGS, build_app
+
+HEADER = "inference-header-content-length"
+
+
+class NoOp:
+    """A Serve deployment that reads the body and answers a fixed small v2 response."""
+
+    async def __call__(self, request: Request) -> Response:
+        await request.body()
+        return Response(b'{"model_name":"noop","outputs":[]}', media_type="application/json")
+
+
+def v2_body(clip: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    raw = np.ascontiguousarray(clip[None, :], dtype="<f4").tobytes()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input_values",
+                    "shape": [1, clip.shape[0]],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    return head + raw, {HEADER: str(len(head)), "content-type": "application/octet-stream"}
+
+
+def artifact(path: Path) -> dict[str, str]:
+    return {"uri": str(path.resolve()), "sha256": model_digest(read_manifest(path))}
+
+
+def config(artifacts: Path, port: int, pools: list[str], slo_s: float) -> dict[str, Any]:
+    files = {"fast": artifacts / "int8", "slow": artifacts / "fp32"}
+    return {
+        "models": {
+            "w2v": {
+                "variants": {
+                    "v": {"weight": 100, "artifacts": {p: artifact(files[p]) for p in pools}}
+                },
+                "routing": {"pools": pools, "slo_p99_seconds": slo_s, "min_spill_seconds": 1.0},
+                "limits": {"deadline_seconds": 30.0},
+            }
+        },
+        "pools": {
+            "fast": {
+                "num_cpus": 1,
+                "threads": 1,
+                "max_ongoing_requests": 1,
+                "max_queued_requests": 1,
+                "resources": {"pool-fast": 1},
+            },
+            "slow": {
+                "num_cpus": 1,
+                "threads": 1,
+                "max_ongoing_requests": 1,
+                "max_queued_requests": 1,
+                "resources": {"pool-slow": 1},
+            },
+        },
+        "http": {"host": "127.0.0.1", "port": port},
+    }
+
+
+def deploy(cfg: dict[str, Any]) -> None:
+    from ray import serve
+
+    serve.run(
+        build_app(parse_config(cfg)), name=APP_NAME, route_prefix="/", logging_config=QUIET_LOGS
+    )
+
+
+def overhead(base: str, model: Path, clip: np.ndarray, rounds: int) -> dict[str, float]:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    body, headers = v2_body(clip)
+    raw, ours, noop = [], [], []
+    with httpx.Client(timeout=60) as client:
+        for _ in range(3):  # warm-up
+            client.post(f"{base}/v2/models/w2v/infer", content=body, headers=headers)
+            client.post(f"{base}/noop", content=body, headers=headers)
+        for _ in range(rounds):
+            t = time.perf_counter()
+            session.run(None, {"input_values": clip[None, :]})
+            raw.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            r = client.post(f"{base}/v2/models/w2v/infer", content=body, headers=headers)
+            ours.append(time.perf_counter() - t)
+            assert r.status_code == 200, r.text
+            t = time.perf_counter()
+            client.post(f"{base}/noop", content=body, headers=headers)
+            noop.append(time.perf_counter() - t)
+    p50 = {k: float(np.median(v)) for k, v in {"raw": raw, "ours": ours, "noop": noop}.items()}
+    return p50 | {
+        "ours_overhead": p50["ours"] - p50["raw"],
+        "noop_overhead": p50["noop"],
+        "excess": p50["ours"] - p50["raw"] - p50["noop"],
+    }
+
+
+async def open_loop(base: str, clip: np.ndarray, rate: float, seconds: float) -> dict[str, Any]:
+    """Poisson arrivals at ``rate``/s for ``seconds``; each request's code and latency."""
+    body, headers = v2_body(clip)
+    rng = random.Random(7)
+    results: list[tuple[int, float, str]] = []
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=500)) as client:
+
+        async def one() -> None:
+            t = time.perf_counter()
+            r = await client.post(f"{base}/v2/models/w2v/infer", content=body, headers=headers)
+            results.append(
+                (r.status_code, time.perf_counter() - t, r.headers.get("x-sluiceway-pool", "-"))
+            )
+
+        tasks = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            tasks.append(asyncio.create_task(one()))
+            await asyncio.sleep(rng.expovariate(rate))
+        await asyncio.gather(*tasks)
+    served = [lat for code, lat, _ in results if code == 200]
+    shed = [lat for code, lat, _ in results if code == 503]
+    return {
+        "offered": len(results),
+        "served": len(served),
+        "shed": len(shed),
+        "other": len(results) - len(served) - len(shed),
+        "by_pool": {
+            p: sum(1 for c, _, q in results if c == 200 and q == p) for p in ("fast", "slow")
+        },
+        "p50_s": float(np.percentile(served, 50)) if served else float("nan"),
+        "p99_s": float(np.percentile(served, 99)) if served else float("nan"),
+        "shed_max_s": max(shed) if shed else 0.0,
+        "shed_p99_s": float(np.percentile(shed, 99)) if shed else 0.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--artifacts", type=Path, required=True)
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--load-seconds", type=float, default=40.0)
+    parser.add_argument("--port", type=int, default=8123)
+    args = parser.parse_args()
+    for key, value in PROXY_PATIENCE.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray import serve
+
+    ray.init(
+        num_cpus=2,
+        resources={"pool-fast": 1, "pool-slow": 1},
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port}, logging_config=QUIET_LOGS)
+    base = f"http://127.0.0.1:{args.port}"
+    clip = (0.1 * np.random.default_rng(0).standard_normal(48_000)).astype(np.float32)
+    try:
+        serve.run(
+            serve.deployment(NoOp).options(ray_actor_options={"num_cpus": 0}).bind(),
+            name="noop",
+            route_prefix="/noop",
+            logging_config=QUIET_LOGS,
+        )
+        deploy(config(args.artifacts, args.port, ["fast", "slow"], slo_s=10.0))
+        cost = overhead(base, args.artifacts / "int8" / MODEL_FILE, clip, args.rounds)
+        capacity = 1.0 / cost["raw"]  # the fast pool: one replica, one request at a time
+        slo = 3.0 * cost["ours"]
+        print("# bench-serve: wav2vec2 int8, 3 s clip, CPU\n")
+        print("| p50 (ms) | raw ONNX Runtime | Sluiceway HTTP | no-op Serve HTTP |")
+        print("|---|---|---|---|")
+        print(
+            f"| | {cost['raw'] * 1e3:.1f} | {cost['ours'] * 1e3:.1f} | {cost['noop'] * 1e3:.1f} |"
+        )
+        print(
+            f"\nSluiceway overhead (HTTP - raw): {cost['ours_overhead'] * 1e3:.1f} ms; "
+            f"no-op app: {cost['noop_overhead'] * 1e3:.1f} ms; excess "
+            f"{cost['excess'] * 1e3:.1f} ms (goal <= 5 ms)\n"
+        )
+        rate = 2.0 * capacity
+        rows = {}
+        for label, pools in (("spillover", ["fast", "slow"]), ("no spillover", ["fast"])):
+            deploy(config(args.artifacts, args.port, pools, slo_s=slo))
+            time.sleep(3.0)  # let the router's status watcher see the new replicas
+            rows[label] = asyncio.run(open_loop(base, clip, rate, args.load_seconds))
+        print(
+            f"Open loop: Poisson {rate:.2f} req/s (2x the fast pool's {capacity:.2f}/s) for "
+            f"{args.load_seconds:g} s; SLO {slo * 1e3:.0f} ms\n"
+        )
+        print(
+            "| config | offered | served (fast/slow) | shed | other | P50 ms | P99 ms | "
+            "P99 < SLO | shed answered max ms |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+        for label, r in rows.items():
+            print(
+                f"| {label} | {r['offered']} | {r['served']} ({r['by_pool']['fast']}/"
+                f"{r['by_pool']['slow']}) | {r['shed']} | {r['other']} | {r['p50_s'] * 1e3:.0f} | "
+                f"{r['p99_s'] * 1e3:.0f} | {'yes' if r['p99_s'] < slo else 'NO'} | "
+                f"{r['shed_max_s'] * 1e3:.0f} |"
+            )
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
