@@ -78,7 +78,13 @@ class SpilloverPolicy(RoutingPolicy):
         return None
 
     def _fits(self, pool: PoolView) -> bool:
-        """Room left, and a new request there is expected to meet the SLO."""
+        """Room left, and a new request there is expected to meet the SLO.
+
+        An idle pool always fits: its recent latency is stale, and refusing it work would
+        keep it stale (and shed everything) forever.
+        """
+        if pool.inflight == 0:
+            return True
         expected = pool.expected_latency_s()
         return not pool.saturated and (expected is None or expected <= self._slo_s)
 

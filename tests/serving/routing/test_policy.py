@@ -86,10 +86,18 @@ def test_sheds_when_no_pool_has_room_within_the_slo() -> None:
     # the GPU would break the SLO (0.2 x 1.75 = 0.35 s) and the CPU is full: shed, not queue
     busy_gpu = view("gpu", inflight=6, capacity=4, queue=4, service=0.2)
     assert p.choose([busy_gpu, cpu_full]).reason is Reason.SHED
-    # the CPU has room but would break the SLO too (0.3 s service): shed as well
-    slow_cpu = view("cpu", inflight=0, capacity=2, queue=4, service=0.3)
+    # the CPU has room but would break the SLO too (busy, 0.3 s service): shed as well
+    slow_cpu = view("cpu", inflight=1, capacity=2, queue=4, service=0.3)
     assert p.choose([busy_gpu, slow_cpu]).reason is Reason.SHED
     assert p.choose([view("gpu", healthy=False), cpu_full]).pool is None
+
+
+def test_an_idle_pool_is_never_shed_for_its_stale_latency() -> None:
+    p = policy(FakeClock())
+    stale_gpu = view("gpu", inflight=9, capacity=4, queue=4, service=0.5)
+    idle_cpu = view("cpu", inflight=0, service=0.9)  # last seen far over the 0.2 s SLO
+    decision = p.choose([stale_gpu, idle_cpu])
+    assert (decision.pool, decision.reason) == ("cpu", Reason.SPILL_SATURATED)
 
 
 def test_hysteresis_keeps_using_the_preferred_pool_when_it_meets_the_slo() -> None:
