@@ -107,6 +107,17 @@ def deploy(cfg: dict[str, Any]) -> None:
     )
 
 
+def wait_healthy(base: str, pools: int, deadline_s: float = 120.0) -> None:
+    """Poll until the router reports ``pools`` healthy pools (a redeploy swaps replicas)."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        listing = httpx.get(f"{base}/v1/models", timeout=10).json()["models"][0]["pools"]
+        if len(listing) == pools and all(p["healthy"] for p in listing):
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"the pools did not become healthy within {deadline_s:g} s")
+
+
 def overhead(base: str, model: Path, clip: np.ndarray, rounds: int) -> dict[str, float]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -221,7 +232,7 @@ def main() -> None:
         rows = {}
         for label, pools in (("spillover", ["fast", "slow"]), ("no spillover", ["fast"])):
             deploy(config(args.artifacts, args.port, pools, slo_s=slo))
-            time.sleep(3.0)  # let the router's status watcher see the new replicas
+            wait_healthy(base, len(pools))
             rows[label] = asyncio.run(open_loop(base, clip, rate, args.load_seconds))
         print(
             f"Open loop: Poisson {rate:.2f} req/s (2x the fast pool's {capacity:.2f}/s) for "
