@@ -136,6 +136,13 @@ class GateResult(_Frozen):
     value: float
     passed: bool
 
+    @property
+    def holds(self) -> bool:
+        """The verdict recomputed from value and threshold."""
+        if self.comparison == ">=":
+            return self.value >= self.threshold
+        return self.value <= self.threshold
+
 
 class QuantizationCandidate(_Frozen):
     """One int8 recipe that was tried, and what it measured."""
@@ -178,12 +185,13 @@ class Manifest(_Frozen):
 
     @property
     def accepted(self) -> bool:
-        """True when every gate passed."""
-        return all(g.passed for g in self.gates)
+        """True when there are gates and every one holds (recomputed, not trusted)."""
+        return bool(self.gates) and not self.failed_gates
 
     @property
     def failed_gates(self) -> list[GateResult]:
-        return [g for g in self.gates if not g.passed]
+        """Gates whose value does not meet the threshold, whatever ``passed`` says."""
+        return [g for g in self.gates if not (g.passed and g.holds)]
 
 
 def utc_now() -> datetime:
@@ -248,8 +256,11 @@ def verify_artifact(directory: Path, *, expected_sha256: str | None = None) -> M
     expect (the serving config's ``sha256``): a different artifact is refused too.
     """
     manifest = read_manifest(directory)
+    root = directory.resolve()
     for entry in manifest.files:
         path = directory / entry.path
+        if not path.resolve().is_relative_to(root):
+            raise ManifestInvalid(f"{directory}: manifest file {entry.path!r} lies outside it")
         if not path.is_file():
             raise ArtifactNotFound(f"{path} is listed in the manifest but missing; rebuild it")
         actual = sha256_file(path)
@@ -265,6 +276,8 @@ def verify_artifact(directory: Path, *, expected_sha256: str | None = None) -> M
                 f"{directory / MODEL_FILE}: sha256 {model} is not the expected "
                 f"{expected_sha256}; point the config at the right artifact or update its sha256"
             )
+    if not manifest.gates:
+        raise ArtifactRejected(f"{directory}: the manifest records no quality gate; rebuild it")
     if not manifest.accepted:
         names = ", ".join(
             f"{g.name} ({g.value:.4g} {'<' if g.comparison == '>=' else '>'} {g.threshold:g})"

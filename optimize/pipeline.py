@@ -361,8 +361,12 @@ def _move_into_place(work: Path, output: Path) -> None:
     if output.exists():
         trash = output.with_name(f".{output.name}.old-{os.getpid()}")
         output.rename(trash)
-        work.rename(output)
-        shutil.rmtree(trash)
+        try:
+            work.rename(output)
+        except OSError:
+            trash.rename(output)  # put the previous artifacts back
+            raise
+        shutil.rmtree(trash, ignore_errors=True)
     else:
         work.rename(output)
 

@@ -147,7 +147,9 @@ class Ingress:
             return
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), self._token):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), self._token.encode()
+        ):
             raise Unauthorized(
                 "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
                 headers={"www-authenticate": "Bearer"},
@@ -161,12 +163,16 @@ class Ingress:
     async def _body(self, request: Request, router: ModelRouter) -> bytes:
         limit = router.config.limits.max_body_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        known = declared is not None and declared.isascii() and declared.isdigit()
+        if known and int(str(declared)) > limit:
             raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes")
-        body = await request.body()
-        if len(body) > limit:
-            raise PayloadTooLarge(f"body of {len(body)} bytes exceeds the limit of {limit} bytes")
-        return body
+        chunks, size = [], 0
+        async for chunk in request.stream():  # chunked uploads carry no content-length
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def _dispatch(
         self, router: ModelRouter, variant: str, inputs: dict[str, Any], start: float
@@ -281,7 +287,7 @@ class Ingress:
         variant = self._variant(router, request, pinned)
         body = await self._body(request, router)
         raw_length = request.headers.get(HEADER_LENGTH)
-        if raw_length is not None and not raw_length.isdigit():
+        if raw_length is not None and not (raw_length.isascii() and raw_length.isdigit()):
             raise BadRequest(f"{HEADER_LENGTH} must be an integer, got {raw_length!r}")
         parsed = parse_infer_request(body, int(raw_length) if raw_length is not None else None)
         routed = await self._dispatch(router, variant, parsed.inputs, start)

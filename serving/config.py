@@ -49,7 +49,7 @@ class VariantConfig(_Frozen):
 class ReplicasConfig(_Frozen):
     """Replica count of a pool's deployment (autoscaled between min and max)."""
 
-    min: int = Field(1, ge=0)
+    min: int = Field(1, ge=1, description="at least 1: a pool with no replica counts as lost")
     max: int = Field(1, ge=1)
     target_ongoing_requests: float = Field(2.0, gt=0)
 

@@ -166,10 +166,15 @@ class ModelReplica:
     async def _batched(self, items: list[tuple[str, Tensors]]) -> list[Tensors | Exception]:
         """Requests of one variant and shape run together; the rest run alone."""
         groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
-        for index, (variant, inputs) in enumerate(items):
-            key = (variant, *((n, a.shape[1:], a.dtype.str) for n, a in sorted(inputs.items())))
-            groups[key].append(index)
         results: list[Tensors | Exception] = [BadRequest("unprocessed")] * len(items)
+        for index, (variant, inputs) in enumerate(items):
+            try:  # a bad request fails alone, never the batch it would have joined
+                check_inputs(inputs, self._variant(variant).inputs)
+            except (BadRequest, UnknownModel) as exc:
+                results[index] = exc
+                continue
+            shapes = ((n, a.ndim, a.shape[1:], a.dtype.str) for n, a in sorted(inputs.items()))
+            groups[(variant, *shapes)].append(index)
         for indices in groups.values():
             variant = items[indices[0]][0]
             names = items[indices[0]][1].keys()

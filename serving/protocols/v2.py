@@ -9,6 +9,7 @@ client asked to receive as binary (tritonclient's default).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from numpy.typing import NDArray
 from serving.errors import BadRequest
 
 HEADER_LENGTH = "inference-header-content-length"
+MAX_ELEMENTS = 1 << 28  # far above any body the size limit lets through
 
 DATATYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -112,7 +114,11 @@ def _decode_input(
         )
     shape = _shape(item.get("shape"), where)
     dtype = DATATYPES[datatype]
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
+    if count > MAX_ELEMENTS:
+        raise BadRequest(
+            f"{where}.shape {list(shape)} has {count} elements; at most {MAX_ELEMENTS}"
+        )
     size = (item.get("parameters") or {}).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0 or offset + size > len(binary):

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayError
 from ray.serve.exceptions import (
     BackPressureError,
     DeploymentUnavailableError,
@@ -38,7 +38,13 @@ REPLICA_LOST: tuple[type[BaseException], ...] = (
     ReplicaUnavailableError,
     DeploymentUnavailableError,
 )
-PROBE_FAILED: tuple[type[BaseException], ...] = (TimeoutError, *REPLICA_LOST)
+PROBE_FAILED: tuple[type[BaseException], ...] = (TimeoutError, *REPLICA_LOST, RayError)
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Read a finished task's outcome so a cancelled request logs nothing."""
+    if not task.cancelled():
+        task.exception()
 
 
 class PoolLost(Exception):
@@ -139,6 +145,8 @@ class ModelRouter:
         response = self._handles[pool].health.remote()
         try:
             await asyncio.wait_for(response, timeout=timeout)
+        except BackPressureError:
+            pass  # alive, only full
         except PROBE_FAILED:
             response.cancel()
             return False
@@ -170,6 +178,7 @@ class ModelRouter:
         """The response's result, or PoolLost (request cancelled) if the pool is lost first."""
         lost = self._lost(pool)
         result = asyncio.ensure_future(response)  # a DeploymentResponse is awaitable
+        result.add_done_callback(_consume)
         watcher = asyncio.ensure_future(lost.wait())
         try:
             done, _ = await asyncio.wait({result, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -202,9 +211,10 @@ class ModelRouter:
             stats.started()
             self._metrics.inflight.set(stats.inflight, tags={"model": self.name, "pool": pool})
             start = self._clock()
-            response = self._handles[pool].infer.remote(variant, inputs)
+            response: Any = None
             latency: float | None = None
             try:
+                response = self._handles[pool].infer.remote(variant, inputs)
                 outputs = await self._unless_lost(pool, response)
                 latency = self._clock() - start
             except BackPressureError:  # Ray's own queue limit: the pool is full
@@ -218,7 +228,8 @@ class ModelRouter:
                 lost.add(pool)
                 continue
             except asyncio.CancelledError:
-                response.cancel()
+                if response is not None:
+                    response.cancel()
                 raise
             finally:
                 stats.finished(latency)

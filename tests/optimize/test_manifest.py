@@ -78,6 +78,24 @@ def test_verify_refuses_an_artifact_that_failed_its_gates(artifact: Path) -> Non
         verify_artifact(artifact)
 
 
+@pytest.mark.slow
+def test_an_edited_verdict_or_escaping_path_is_not_trusted(artifact: Path) -> None:
+    raw = json.loads((artifact / MANIFEST_FILE).read_text())
+    gate = raw["gates"][0]  # min_top1_agreement: make the value fail but claim it passed
+    gate["value"], gate["passed"] = 0.5, True
+    (artifact / MANIFEST_FILE).write_text(json.dumps(raw))
+    with pytest.raises(ArtifactRejected, match="min_top1_agreement"):
+        verify_artifact(artifact)
+    raw["gates"] = []
+    (artifact / MANIFEST_FILE).write_text(json.dumps(raw))
+    with pytest.raises(ArtifactRejected, match="no quality gate"):
+        verify_artifact(artifact)
+    raw["files"][0]["path"] = "../../etc/passwd"
+    (artifact / MANIFEST_FILE).write_text(json.dumps(raw))
+    with pytest.raises(ManifestInvalid, match="lies outside it"):
+        verify_artifact(artifact)
+
+
 def test_missing_and_invalid_manifests_are_named(tmp_path: Path) -> None:
     with pytest.raises(ArtifactNotFound, match="no manifest.json"):
         read_manifest(tmp_path)

@@ -84,6 +84,12 @@ def test_binary_inputs_and_outputs_round_trip() -> None:
             "exceeds the body",
         ),
         (b'{"inputs": []}', 99, "the body has 14 bytes"),
+        (
+            b'{"inputs": [{"name": "x", "shape": [4294967296, 4294967296], "datatype": "FP32", '
+            b'"data": []}]}',
+            None,
+            "elements; at most",
+        ),
     ],
 )
 def test_malformed_requests_say_what_is_wrong(
