@@ -18,7 +18,11 @@ from serving.config import parse_config
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "sluiceway"
 HELM = ROOT / ".tools" / "helm" / "helm"
-SCHEMAS = ROOT.parent / "shared" / "schemas"
+# shared/ lies beside the checkout (developers, CI) or inside it (some copies of the tree).
+SCHEMAS = next(
+    (p for p in (ROOT.parent / "shared" / "schemas", ROOT / "shared" / "schemas") if p.is_dir()),
+    ROOT.parent / "shared" / "schemas",
+)
 SHA = "0123456789abcdef" * 4
 
 
@@ -114,7 +118,9 @@ def test_rayservice_validates_against_the_strict_kuberay_schema(values_file: Pat
     assert [d["kind"] for d in docs] == ["RayService"]
     service = docs[0]
     assert service["metadata"]["name"] == "demo-sluiceway"
-    schema = json.loads((SCHEMAS / "kuberay" / "rayservice-v1.strict.schema.json").read_text())
+    schema_file = SCHEMAS / "kuberay" / "rayservice-v1.strict.schema.json"
+    assert schema_file.is_file(), f"{schema_file} is missing: the CRD schemas live in shared/"
+    schema = json.loads(schema_file.read_text())
     errors = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(service)]
     assert errors == []
     groups = {g["groupName"]: g for g in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
