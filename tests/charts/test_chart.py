@@ -150,3 +150,52 @@ def test_no_models_is_refused_with_a_sentence() -> None:
     done = helm("template", "demo", str(CHART))
     assert done.returncode != 0
     assert "serving.models is empty" in done.stderr
+
+
+def test_values_schema_is_generated_from_the_serving_config_model() -> None:
+    from serving.schema import values_schema
+
+    committed = json.loads((CHART / "values.schema.json").read_text())
+    assert committed == values_schema(), (
+        "regenerate: python -m serving.schema > charts/sluiceway/values.schema.json"
+    )
+
+
+def _mutated(tmp_path: Path, change: Any) -> Path:
+    data = values()
+    change(data)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda v: v["serving"]["models"]["w2v"]["variants"]["stable"].update(weight=90),
+            "serving.models.w2v.variants: weights sum to 90; they must sum to 100",
+        ),
+        (
+            lambda v: v["workerGroups"]["gpu"].update(gpus=0),
+            "serving.pools.gpu is a cuda pool but workerGroups.gpu.gpus is 0",
+        ),
+        (lambda v: v["workerGroups"]["cpu"].update(replicaz=3), "replicaz"),
+        (
+            lambda v: v["serving"]["models"]["w2v"]["variants"]["stable"]["artifacts"]["cpu"].pop(
+                "sha256"
+            ),
+            "sha256",
+        ),
+        (
+            lambda v: v["serving"]["pools"].update(edge={}),
+            "serving.pools.edge has no workerGroups.edge",
+        ),
+    ],
+)
+def test_bad_values_are_rejected_at_template_time(
+    tmp_path: Path, change: Any, message: str
+) -> None:
+    done = helm("template", "demo", str(CHART), values_file=_mutated(tmp_path, change))
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr
