@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -108,8 +108,3 @@ class SpilloverPolicy(RoutingPolicy):
         if self._fits(preferred):
             return Decision(preferred.name, Reason.PRIMARY)
         return Decision(None, Reason.SHED)
-
-
-def views_in_order(order: Sequence[str], stats: Mapping[str, PoolView]) -> list[PoolView]:
-    """The pools' views in preference order."""
-    return [stats[name] for name in order]
