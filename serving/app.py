@@ -187,6 +187,9 @@ class Ingress:
             routed = await asyncio.wait_for(router.infer(variant, inputs), timeout=deadline)
         except TimeoutError:
             self._metrics.rejected.inc(tags={"model": router.name, "reason": "deadline"})
+            self._metrics.requests.inc(
+                tags={"model": router.name, "variant": variant, "pool": "none", "code": "504"}
+            )
             raise DeadlineExceeded(
                 f"model {router.name!r}: no result within the {deadline:g} s deadline"
             ) from None

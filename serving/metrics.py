@@ -13,6 +13,7 @@ singletons), so a test can build fresh ones.
 | ray_sluiceway_spillovers_total                  | counter   | model, from_pool, to_pool, reason|
 | ray_sluiceway_pool_inflight_requests            | gauge     | model, pool                      |
 | ray_sluiceway_replica_memory_bytes              | gauge     | model, variant, pool             |
+| ray_sluiceway_replica_memory_limit_bytes        | gauge     | model, variant, pool             |
 | ray_sluiceway_replica_gpu_memory_bytes          | gauge     | model, variant, pool             |
 | ray_sluiceway_artifact_load_seconds             | gauge     | model, variant, pool             |
 | ray_sluiceway_batch_size                        | histogram | model, pool                      |
@@ -90,6 +91,7 @@ REJECTED = PREFIX + "requests_rejected"
 SPILLOVERS = PREFIX + "spillovers"
 INFLIGHT = PREFIX + "pool_inflight_requests"
 REPLICA_MEMORY = PREFIX + "replica_memory_bytes"
+REPLICA_MEMORY_LIMIT = PREFIX + "replica_memory_limit_bytes"
 REPLICA_GPU_MEMORY = PREFIX + "replica_gpu_memory_bytes"
 ARTIFACT_LOAD = PREFIX + "artifact_load_seconds"
 BATCH_SIZE = PREFIX + "batch_size"
@@ -149,6 +151,7 @@ class ReplicaMetrics:
     """What a model replica records."""
 
     memory: Gauge
+    memory_limit: Gauge
     gpu_memory: Gauge
     load_seconds: Gauge
     batch_size: Histogram
@@ -162,9 +165,15 @@ class ReplicaMetrics:
                 description="Resident memory of the replica process, bytes.",
                 tag_keys=labels,
             ),
+            memory_limit=Gauge(
+                REPLICA_MEMORY_LIMIT,
+                description="Memory the replica may use: its container's cgroup limit, "
+                "or the machine's memory where none is set, bytes.",
+                tag_keys=labels,
+            ),
             gpu_memory=Gauge(
                 REPLICA_GPU_MEMORY,
-                description="GPU memory used by the replica, bytes.",
+                description="GPU memory used by the replica process, bytes (0 on CPU pools).",
                 tag_keys=labels,
             ),
             load_seconds=Gauge(

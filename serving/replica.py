@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-import psutil
 from numpy.typing import NDArray
 from ray import serve
 
@@ -27,10 +25,12 @@ from serving.config import ArtifactRef, PoolConfig
 from serving.errors import BadRequest, ConfigError, UnknownModel
 from serving.metrics import ReplicaMetrics
 from serving.protocols.v2 import ONNX_TO_V2, TensorSpec, check_inputs
+from serving.replica_memory import gpu_memory_bytes, memory_limit_bytes, rss_bytes
 
 logger = logging.getLogger(__name__)
 
 Tensors = dict[str, NDArray[Any]]
+MEMORY_REPORT_INTERVAL_S = 1.0
 _PROVIDERS = {
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "cpu": ["CPUExecutionProvider"],
@@ -125,15 +125,22 @@ class ModelReplica:
         if batching is not None:
             self._batched.set_max_batch_size(batching.max_batch_size)
             self._batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
-        self._process = psutil.Process(os.getpid())
+        self._memory_reported_at = 0.0
         self._report_memory()
 
     def _report_memory(self) -> None:
-        rss = float(self._process.memory_info().rss)
+        """RSS, its limit and GPU memory, at most once a second (requests call this)."""
+        now = time.monotonic()
+        if now - self._memory_reported_at < MEMORY_REPORT_INTERVAL_S:
+            return
+        self._memory_reported_at = now
+        rss, limit = float(rss_bytes()), float(memory_limit_bytes())
+        gpu = float(gpu_memory_bytes()) if self._config.device == "cuda" else 0.0
         for name in self._variants:
-            self._metrics.memory.set(
-                rss, tags={"model": self._model, "variant": name, "pool": self._pool}
-            )
+            tags = {"model": self._model, "variant": name, "pool": self._pool}
+            self._metrics.memory.set(rss, tags=tags)
+            self._metrics.memory_limit.set(limit, tags=tags)
+            self._metrics.gpu_memory.set(gpu, tags=tags)
 
     def signature(self) -> dict[str, Any]:
         """Inputs, outputs and manifest of every variant (for metadata endpoints)."""

@@ -36,3 +36,81 @@ app.kubernetes.io/part-of: sluiceway
 {{- define "sluiceway.image" -}}
 {{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
 {{- end }}
+
+{{/* The ServiceAccount the Ray pods run as. */}}
+{{- define "sluiceway.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "sluiceway.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The environment variable the auth token reaches the ingress in. */}}
+{{- define "sluiceway.authTokenEnv" -}}
+SLUICEWAY_AUTH_TOKEN
+{{- end }}
+
+{{/* Where the artifact cache lives in every pod (replicas and the fetcher fill it). */}}
+{{- define "sluiceway.cacheDir" -}}
+/var/cache/sluiceway/artifacts
+{{- end }}
+
+{{/* The serving config as the application receives it: the `serving` values, plus the
+auth token's variable when auth is on. */}}
+{{- define "sluiceway.servingConfig" -}}
+{{- $serving := deepCopy .Values.serving }}
+{{- if .Values.auth.enabled }}
+{{- $_ := set $serving "auth" (dict "token_env" (include "sluiceway.authTokenEnv" .)) }}
+{{- end }}
+{{- toYaml $serving }}
+{{- end }}
+
+{{/* Pod-level settings shared by the head and every worker group. */}}
+{{- define "sluiceway.podSpec" -}}
+serviceAccountName: {{ include "sluiceway.serviceAccountName" . | quote }}
+automountServiceAccountToken: false
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+volumes:
+  - name: tmp
+    emptyDir: {sizeLimit: {{ .Values.tmpSizeLimit | quote }}}
+  - name: artifact-cache
+    emptyDir: {sizeLimit: {{ .Values.artifacts.fetch.cacheSizeLimit | quote }}}
+  {{- if .Values.artifacts.existingClaim }}
+  - name: artifacts
+    persistentVolumeClaim: {claimName: {{ .Values.artifacts.existingClaim | quote }}, readOnly: true}
+  {{- end }}
+  {{- if .Values.artifacts.fetch.enabled }}
+  - name: serving-config
+    configMap: {name: {{ printf "%s-serving" (include "sluiceway.fullname" .) | quote }}}
+  {{- end }}
+{{- end }}
+
+{{/* Container-level settings shared by every Ray container. */}}
+{{- define "sluiceway.container" -}}
+image: {{ include "sluiceway.image" . | quote }}
+imagePullPolicy: {{ .Values.image.pullPolicy }}
+securityContext:
+  {{- toYaml .Values.securityContext | nindent 2 }}
+env:
+  - {name: RAY_USAGE_STATS_ENABLED, value: "0"}
+  - {name: SLUICEWAY_ARTIFACT_CACHE, value: {{ include "sluiceway.cacheDir" . | quote }}}
+  {{- if .Values.auth.enabled }}
+  - name: {{ include "sluiceway.authTokenEnv" . }}
+    valueFrom:
+      secretKeyRef:
+        name: {{ required "auth.existingSecret is required when auth.enabled is true: name the Secret holding the bearer token" .Values.auth.existingSecret | quote }}
+        key: {{ .Values.auth.secretKey | quote }}
+  {{- end }}
+volumeMounts:
+  - {name: tmp, mountPath: /tmp}
+  - {name: artifact-cache, mountPath: {{ include "sluiceway.cacheDir" . | quote }}}
+  {{- if .Values.artifacts.existingClaim }}
+  - {name: artifacts, mountPath: {{ .Values.artifacts.mountPath | quote }}, readOnly: true}
+  {{- end }}
+{{- end }}
