@@ -23,7 +23,7 @@ from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 
-from optimize.manifest import Manifest, read_manifest
+from optimize.manifest import Manifest
 from serving.audio_decode import decode_audio
 from serving.config import ServingConfig, replica_deployment_name
 from serving.errors import (
@@ -34,6 +34,7 @@ from serving.errors import (
     Unauthorized,
     UnknownModel,
 )
+from serving.fetch import artifact_manifest
 from serving.metrics import IngressMetrics
 from serving.protocols.v2 import (
     HEADER_LENGTH,
@@ -101,10 +102,11 @@ class Ingress:
             name: ModelRouter(name, model, self._config.pools, handles[name], self._metrics)
             for name, model in self._config.models.items()
         }
-        # Manifests are small JSON files beside the artifacts: labels, rate, input names.
+        # Manifests are small JSON files beside the artifacts: labels, rate, input names
+        # (checked against the config's sha256; an http(s) artifact's manifest alone).
         self._manifests: dict[str, dict[str, Manifest]] = {
             name: {
-                variant: read_manifest(v.artifacts[model.routing.pools[0]].local_path())
+                variant: artifact_manifest(v.artifacts[model.routing.pools[0]])
                 for variant, v in model.variants.items()
             }
             for name, model in self._config.models.items()

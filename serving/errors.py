@@ -4,6 +4,7 @@ The tree::
 
     ServingError
     ├── ConfigError             the serving config is invalid (field path, value, limit)
+    ├── ArtifactFetchError      an http(s) artifact could not be downloaded, or did not match
     ├── BadRequest (400)        malformed JSON, wrong shape or dtype, undecodable audio
     ├── Unauthorized (401)      missing or wrong bearer token
     ├── UnknownModel (404)      no such model or variant
@@ -30,6 +31,10 @@ class ServingError(Exception):
 
 class ConfigError(ServingError):
     """The serving configuration is invalid."""
+
+
+class ArtifactFetchError(ServingError):
+    """An artifact could not be fetched into the local cache, or was not the one expected."""
 
 
 class BadRequest(ServingError):

@@ -23,6 +23,7 @@ from ray import serve
 from optimize.manifest import MODEL_FILE, Manifest, verify_artifact
 from serving.config import ArtifactRef, PoolConfig
 from serving.errors import BadRequest, ConfigError, UnknownModel
+from serving.fetch import resolve_artifact
 from serving.metrics import ReplicaMetrics
 from serving.protocols.v2 import ONNX_TO_V2, TensorSpec, check_inputs
 from serving.replica_memory import gpu_memory_bytes, memory_limit_bytes, rss_bytes
@@ -61,7 +62,7 @@ def _specs(args: list[Any]) -> tuple[TensorSpec, ...]:
 
 def load_variant(ref: ArtifactRef, pool: PoolConfig) -> LoadedVariant:
     """Verify the artifact and open it on the pool's device."""
-    directory = ref.local_path()
+    directory = resolve_artifact(ref)  # an http(s) artifact: from the cache, or fetched now
     manifest = verify_artifact(directory, expected_sha256=ref.sha256)
     options = ort.SessionOptions()
     options.intra_op_num_threads = pool.threads
