@@ -60,6 +60,17 @@ class PrometheusServer:
         response.raise_for_status()
         return list(response.json()["data"]["result"])
 
+    def query_range(self, promql: str, start: float, end: float) -> list[dict[str, Any]]:
+        """Series of ``promql`` from ``start`` to ``end`` (unix seconds), one point a second:
+        what a Grafana time-series panel draws."""
+        response = httpx.get(
+            f"{self.url}/api/v1/query_range",
+            params={"query": promql, "start": start, "end": end, "step": 1},
+            timeout=30,
+        )
+        response.raise_for_status()
+        return list(response.json()["data"]["result"])
+
     def wait_for(self, promql: str, predicate: Any, deadline_s: float = 90) -> list[dict[str, Any]]:
         """Poll ``promql`` until ``predicate(result)`` holds."""
         end = time.monotonic() + deadline_s
