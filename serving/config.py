@@ -32,7 +32,10 @@ class _Frozen(BaseModel):
 class ArtifactRef(_Frozen):
     """Where an artifact directory is, and the sha256 its model.onnx must have."""
 
-    uri: str = Field(min_length=1, description="artifact directory: a path, or file:// URI")
+    uri: str = Field(
+        min_length=1,
+        description="artifact directory: a path, file:// or http(s):// URL (fetched, sha256-checked)",
+    )
     sha256: Sha256
 
     def local_path(self) -> Path:

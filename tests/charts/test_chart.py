@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -508,3 +509,28 @@ def test_dashboard_has_fixed_uid_datasource_and_model_pool_variables(values_file
         assert panel["datasource"]["uid"] == "${datasource}"
         for target in panel["targets"]:
             assert "[$__rate_interval]" in target["expr"] or "rate(" not in target["expr"]
+
+
+def test_chart_readme_values_table_is_current_and_every_value_documented() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "chart_docs.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_readme_example_values_install(tmp_path: Path) -> None:
+    readme = (CHART / "README.md").read_text()
+    example = re.search(r"```yaml\n# my-values.yaml\n(.*?)```", readme, re.S)
+    assert example, "the chart README lost its example values"
+    path = tmp_path / "my-values.yaml"
+    path.write_text(example.group(1).replace("<model sha256 from the manifest>", SHA))
+    docs = by_kind(render(path))
+    service = docs["RayService"][0]
+    assert {g["groupName"] for g in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]} == {
+        "gpu",
+        "cpu",
+    }
+    assert all(schema_errors(d) == [] for kind in docs.values() for d in kind)
