@@ -6,51 +6,11 @@ Two CPU pools stand in for GPU and CPU (no GPU here): ``fast`` serves the int8 a
 
 from __future__ import annotations
 
-import os
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from optimize.manifest import model_digest, read_manifest
-
-TOKEN = "test-token-5f2c"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def ray_serve() -> Iterator[dict[str, int]]:
-    """A one-machine Ray cluster (2 CPUs, pool resources) with Serve's HTTP proxy started."""
-    import ray
-    from ray import serve
-
-    from serving.server import PROXY_PATIENCE, QUIET_LOGS
-
-    for key, value in PROXY_PATIENCE.items():
-        os.environ.setdefault(key, value)
-    ports = {"http": free_port(), "metrics": free_port()}
-    ray.init(
-        num_cpus=2,
-        resources={"pool-fast": 8, "pool-slow": 8},
-        include_dashboard=False,
-        _metrics_export_port=ports["metrics"],
-        logging_level="WARNING",
-        namespace="sluiceway-tests",
-    )
-    serve.start(
-        http_options={"host": "127.0.0.1", "port": ports["http"]},
-        logging_config=QUIET_LOGS,
-    )
-    yield ports
-    serve.shutdown()
-    ray.shutdown()
+from tests.conftest import TOKEN, free_port  # noqa: F401 (re-exported for the tests here)
 
 
 def artifact(directory: Path) -> dict[str, str]:
@@ -128,10 +88,3 @@ def deploy(config: dict[str, Any]) -> None:
     serve.run(
         build_app(parse_config(config)), name=APP_NAME, route_prefix="/", logging_config=QUIET_LOGS
     )
-
-
-@pytest.fixture(scope="session")
-def token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("auth") / "token"
-    path.write_text(TOKEN + "\n")
-    return path

@@ -1,0 +1,247 @@
+"""Canary analysis end to end: a real Prometheus scrapes a real local Sluiceway (Ray Serve
+on localhost) serving a baseline and a canary variant under load; `deploy.rollout.run`
+steps the canary's weight, asks Prometheus for both variants' P99 and error ratio, and
+promotes or rolls back.
+
+No Kubernetes can run here, so the `Target` is a stand-in for `helm upgrade` + KubeRay: it
+deploys the `serving` values of each step with `serve.run`, exactly what KubeRay does with
+the RayService's `serveConfigV2`. The helm side is tested with the real binary elsewhere
+(tests/deploy/test_helm.py, test_cli_deploy.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+
+from deploy.canary import CanaryPolicy, Decision, PrometheusClient
+from deploy.rollout import Plan, run
+from optimize.manifest import Precision, model_digest, read_manifest
+from tests.conftest import TOKEN, free_port
+from tests.prometheus_server import PrometheusServer
+from tests.serving.conftest import deploy
+from tests.serving.test_routing_load import PCM, wait_ready
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+WINDOW_S = 30
+POLICY = CanaryPolicy(min_requests=20)
+
+
+@pytest.fixture(scope="module")
+def slow_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real, deliberately bigger model of the same family (about 10x the tiny one's time):
+    the canary that must be rolled back."""
+    from transformers import AutoModelForAudioClassification
+
+    from optimize.checkpoint import preset_config
+    from optimize.pipeline import OptimizeConfig, build_artifacts
+
+    config = preset_config("wav2vec2-tiny")
+    config.conv_dim = [512, 512, 512, 512]
+    config.hidden_size, config.intermediate_size = 384, 1536
+    config.num_hidden_layers, config.num_attention_heads = 6, 6
+    torch.manual_seed(0)
+    model = AutoModelForAudioClassification.from_config(config).eval()
+    root = tmp_path_factory.mktemp("slow")
+    model.save_pretrained(root / "checkpoint", safe_serialization=True)
+    build_artifacts(
+        OptimizeConfig(
+            model=str(root / "checkpoint"),
+            output=root / "artifacts",
+            variants=(Precision.FP32,),
+            seconds=1.0,
+            eval_clips=8,
+            calibration_clips=2,
+            latency_runs=5,
+            candidate_runs=3,
+            # its head is untrained (near-constant decisions): fine for a latency canary
+            gate_overrides={None: {"max_source_class_share": 1.0}},
+        )
+    )
+    return root / "artifacts" / "fp32"
+
+
+@pytest.fixture(scope="module")
+def prometheus(
+    ray_serve: dict[str, int], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrometheusServer]:
+    server = PrometheusServer(
+        tmp_path_factory.mktemp("prometheus"), free_port(), [f"127.0.0.1:{ray_serve['metrics']}"]
+    )
+    yield server
+    server.stop()
+
+
+def ref(directory: Path) -> dict[str, str]:
+    return {"uri": str(directory), "sha256": model_digest(read_manifest(directory))}
+
+
+def chart_values(
+    model: str, ports: dict[str, int], token_file: Path, variants: dict[str, Path]
+) -> dict[str, Any]:
+    """The chart's values for one model on one pool; the first variant takes all traffic."""
+    names = list(variants)
+    return {
+        "serving": {
+            "models": {
+                model: {
+                    "variants": {
+                        name: {
+                            "weight": 100 if name == names[0] else 0,
+                            "artifacts": {"fast": ref(path)},
+                        }
+                        for name, path in variants.items()
+                    },
+                    "routing": {"pools": ["fast"], "slo_p99_seconds": 2.0},
+                    "limits": {"deadline_seconds": 20.0},
+                }
+            },
+            "pools": {
+                # two replicas: Serve's rolling update (when the canary's artifact is added)
+                # replaces one at a time, so the pool never stands empty
+                "fast": {
+                    "replicas": {"min": 2, "max": 2},
+                    "num_cpus": 0.5,
+                    "max_ongoing_requests": 4,
+                    "max_queued_requests": 32,
+                    "resources": {"pool-fast": 1},
+                }
+            },
+            "http": {"host": "127.0.0.1", "port": ports["http"]},
+            "auth": {"token_file": str(token_file)},
+            "metrics": {"export_port": ports["metrics"]},
+        }
+    }
+
+
+class LocalServe:
+    """Stand-in for `helm upgrade` + KubeRay: each step's `serving` values go to Serve."""
+
+    def __init__(self, before: dict[str, Any], base: str, model: str) -> None:
+        self.before, self.base, self.model = before, base, model
+        self.applied: list[int] = []
+        self.rolled_back = False
+
+    def apply(self, values: dict[str, Any], step: int) -> None:
+        deploy(values["serving"])
+        wait_ready(self.base, model=self.model)
+        self.applied.append(step)
+
+    def rollback(self) -> None:
+        deploy(self.before["serving"])
+        wait_ready(self.base, model=self.model)
+        self.rolled_back = True
+
+
+class Load:
+    """Closed-loop load from a thread (2 in flight) until stopped; counts variants served."""
+
+    def __init__(self, base: str, model: str) -> None:
+        self.base, self.model = base, model
+        self.served: Counter[str] = Counter()
+        self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _run(self) -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+
+            async def worker() -> None:
+                while not self._stop.is_set():
+                    r = await client.post(
+                        f"{self.base}/v1/models/{self.model}:classify",
+                        content=PCM,
+                        headers=AUTH | {"content-type": "audio/l16;rate=16000"},
+                    )
+                    if r.status_code == 200:
+                        self.served[r.headers["x-sluiceway-variant"]] += 1
+                    else:
+                        self.failed += 1
+
+            await asyncio.gather(worker(), worker())
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+def roll_out(
+    model: str,
+    canary_artifact: Path,
+    ray_serve: dict[str, int],
+    token_file: Path,
+    tiny_artifacts: Path,
+    prometheus: PrometheusServer,
+) -> tuple[Any, LocalServe, Load, list[str]]:
+    base = f"http://127.0.0.1:{ray_serve['http']}"
+    before = chart_values(model, ray_serve, token_file, {"stable": tiny_artifacts / "int8"})
+    new = chart_values(
+        model,
+        ray_serve,
+        token_file,
+        {"stable": tiny_artifacts / "int8", "canary": canary_artifact},
+    )
+    deploy(before["serving"])
+    wait_ready(base, model=model)
+    target = LocalServe(copy.deepcopy(before), base, model)
+    plan = Plan(
+        model=model,
+        canary="canary",
+        baseline="stable",
+        steps=(50, 100),
+        window_seconds=WINDOW_S,
+        policy=POLICY,
+    )
+    printed: list[str] = []
+    with Load(base, model) as load:
+        time.sleep(5)  # the baseline's series exist before the first step
+        outcome = run(plan, new, target, PrometheusClient(prometheus.url), echo=printed.append)
+    return outcome, target, load, printed
+
+
+def test_a_slower_canary_is_rolled_back(
+    ray_serve: dict[str, int],
+    token_file: Path,
+    tiny_artifacts: Path,
+    slow_artifact: Path,
+    prometheus: PrometheusServer,
+) -> None:
+    outcome, target, load, printed = roll_out(
+        "rollout-slow", slow_artifact, ray_serve, token_file, tiny_artifacts, prometheus
+    )
+    assert not outcome.promoted and target.rolled_back, printed
+    assert target.applied == [50]  # never went past the first step
+    verdict = outcome.steps[0].verdict
+    assert verdict.decision is Decision.ROLLBACK, printed
+    assert verdict.canary.p99_seconds > verdict.baseline.p99_seconds  # type: ignore[operator]
+    assert any("P99" in line for line in printed)  # the numbers behind the verdict
+    assert load.served["canary"] > 0 and load.failed == 0
+
+
+def test_an_equal_canary_is_promoted(
+    ray_serve: dict[str, int],
+    token_file: Path,
+    tiny_artifacts: Path,
+    prometheus: PrometheusServer,
+) -> None:
+    outcome, target, load, printed = roll_out(
+        "rollout-equal", tiny_artifacts / "int8", ray_serve, token_file, tiny_artifacts, prometheus
+    )
+    assert outcome.promoted and not target.rolled_back, printed
+    assert target.applied == [50, 100]
+    assert [s.verdict.decision for s in outcome.steps] == [Decision.PROMOTE, Decision.PROMOTE]
+    assert load.failed == 0
