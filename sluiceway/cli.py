@@ -13,6 +13,8 @@ import sys
 import typer
 from pydantic import ValidationError
 
+from deploy.cli import register as register_deploy
+from deploy.errors import DeployError
 from optimize.cli import register as register_optimize
 from optimize.errors import OptimizeError
 from serving.cli import register as register_serving
@@ -28,6 +30,7 @@ app = typer.Typer(
 )
 register_optimize(app)
 register_serving(app)
+register_deploy(app)
 
 
 def _version(value: bool) -> None:
@@ -56,7 +59,12 @@ def _validation_message(exc: ValidationError) -> str:
     return f"invalid value for {where}: {first['msg']} (got {first.get('input')!r})"
 
 
-_KNOWN: tuple[type[BaseException], ...] = (OptimizeError, ServingError, ValidationError)
+_KNOWN: tuple[type[BaseException], ...] = (
+    OptimizeError,
+    ServingError,
+    DeployError,
+    ValidationError,
+)
 
 
 def main() -> None:

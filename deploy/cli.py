@@ -1,0 +1,221 @@
+"""`sluiceway deploy`: values from artifacts, latency-gated rollouts, cluster status.
+
+    sluiceway deploy values  --artifacts artifacts/wav2vec2-base --uri-prefix https://m/w2v
+    sluiceway deploy rollout --release sw -f new.yaml --model w2v --canary v2 --dry-run
+    sluiceway deploy status  --release sw --namespace ml --prometheus http://127.0.0.1:9090
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+
+from deploy.canary import CanaryPolicy, PrometheusClient
+from deploy.errors import DeployError, InvalidValues
+from deploy.helm import DEFAULT_CHART, Helm
+from deploy.rollout import Plan, plan_lines, run, with_weights, write_temp_values
+from deploy.values import PoolArtifact, chart_values, write_values
+
+app = typer.Typer(help="Values from artifacts, latency-gated rollouts, cluster status.")
+
+
+def rayservice_name(release: str) -> str:
+    """The chart's full name for a release (templates/_helpers.tpl sluiceway.fullname)."""
+    return release[:63] if "sluiceway" in release else f"{release}-sluiceway"[:63].rstrip("-")
+
+
+def _pools(artifacts: Path, specs: list[str]) -> dict[str, PoolArtifact]:
+    """``NAME=SUBDIR:DEVICE`` pool specs; by default gpu=fp16:cuda and cpu=int8:cpu."""
+    if not specs:
+        specs = [s for s in ("gpu=fp16:cuda", "cpu=int8:cpu") if (artifacts / s[4:8]).is_dir()]
+        if not specs:
+            raise InvalidValues(
+                f"{artifacts} holds neither fp16/ nor int8/: pass --pool NAME=SUBDIR:DEVICE"
+            )
+    pools: dict[str, PoolArtifact] = {}
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        subdir, _, device = rest.partition(":")
+        if not name or not subdir or device not in ("cuda", "cpu"):
+            raise InvalidValues(f"--pool {spec!r}: write NAME=SUBDIR:DEVICE, e.g. gpu=fp16:cuda")
+        pools[name] = PoolArtifact(artifact=artifacts / subdir, device=device)
+    return pools
+
+
+@app.command("values")
+def values_command(
+    artifacts: Path = typer.Option(
+        ..., "--artifacts", "-a", help="Directory `sluiceway optimize` wrote."
+    ),
+    output: Path = typer.Option(
+        Path("values.yaml"), "--output", "-o", help="Values file to write."
+    ),
+    model: str | None = typer.Option(None, help="Model name (default: the directory's name)."),
+    pool: list[str] = typer.Option(
+        [], "--pool", help="NAME=SUBDIR:DEVICE, repeatable (default gpu=fp16:cuda, cpu=int8:cpu)."
+    ),
+    uri_prefix: str | None = typer.Option(
+        None, help="Where pods find the artifact dirs: https://... or a PVC path."
+    ),
+    headroom: float = typer.Option(
+        0.5, help="Memory headroom over the measured peak (0.5 = +50 %)."
+    ),
+    variant: str = typer.Option("stable", help="Variant name."),
+    slo: float | None = typer.Option(
+        None, "--slo-p99-seconds", help="P99 SLO (default: 2x measured p99)."
+    ),
+) -> None:
+    """Write chart values from artifacts: URIs + sha256, pools, memory from measured peak RSS."""
+    name = model or artifacts.resolve().name
+    values = chart_values(
+        name,
+        _pools(artifacts, pool),
+        uri_prefix=uri_prefix,
+        headroom=headroom,
+        variant=variant,
+        slo_p99_seconds=slo,
+    )
+    write_values(values, output, Helm.find())
+    typer.echo(f"wrote {output} (validated by ServingConfig and helm template)")
+
+
+class HelmTarget:
+    """A step is `helm upgrade` and a wait for the RayService; rollback is `helm rollback`."""
+
+    def __init__(
+        self, helm: Helm, release: str, namespace: str, chart: Path, timeout_s: float
+    ) -> None:
+        from deploy.cluster import Cluster
+
+        self._helm, self._release, self._namespace = helm, release, namespace
+        self._chart, self._timeout_s = chart, timeout_s
+        self._cluster = Cluster.from_kubeconfig()
+        history = helm.history(release, namespace)  # ReleaseNotFound before anything changes
+        self._revision = int(history[-1]["revision"])
+
+    def _wait(self) -> None:
+        self._cluster.wait_ready(self._namespace, rayservice_name(self._release), self._timeout_s)
+
+    def apply(self, values: dict[str, Any], step: int) -> None:
+        path = write_temp_values(values)
+        try:
+            self._helm.upgrade(
+                self._release,
+                self._chart,
+                [path],
+                self._namespace,
+                dry_run=False,
+                timeout_s=self._timeout_s,
+            )
+        finally:
+            path.unlink(missing_ok=True)
+        self._wait()
+
+    def rollback(self) -> None:
+        self._helm.rollback(self._release, self._revision, self._namespace, dry_run=False)
+        self._wait()
+
+
+@app.command("rollout")
+def rollout_command(
+    release: str = typer.Option(..., help="Helm release."),
+    values: Path = typer.Option(..., "--values", "-f", help="Values holding baseline and canary."),
+    model: str = typer.Option(..., help="Model whose variants are stepped."),
+    canary: str = typer.Option(..., help="Variant rolled out."),
+    baseline: str = typer.Option("stable", help="Variant it is compared with."),
+    steps: str = typer.Option("10,50,100", help="Canary weights in percent, ending at 100."),
+    window: int = typer.Option(300, "--window-seconds", help="Analysis window per step."),
+    namespace: str = typer.Option("default", "--namespace", "-n"),
+    chart: Path = typer.Option(DEFAULT_CHART, help="Chart directory."),
+    prometheus: str = typer.Option("http://127.0.0.1:9090", help="Prometheus base URL."),
+    timeout: float = typer.Option(
+        900, "--timeout-seconds", help="Wait for Ready at most this long."
+    ),
+    max_p99_ratio: float = typer.Option(1.25, help="Canary P99 may be this times the baseline's."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the plan, render every step; change nothing."
+    ),
+) -> None:
+    """Step a canary's weight with helm upgrade; promote or roll back on Prometheus' numbers."""
+    try:
+        step_list = tuple(int(s) for s in steps.split(","))
+    except ValueError:
+        raise InvalidValues(f"--steps {steps!r}: give integers, e.g. 10,50,100") from None
+    plan = Plan(
+        model=model,
+        canary=canary,
+        baseline=baseline,
+        steps=step_list,
+        window_seconds=window,
+        policy=CanaryPolicy(max_p99_ratio=max_p99_ratio),
+    )
+    try:
+        loaded = yaml.safe_load(values.read_text())
+    except OSError as exc:
+        raise InvalidValues(f"cannot read {values}: {exc.strerror}") from exc
+    helm = Helm.find()
+    for line in plan_lines(plan, release, namespace):
+        typer.echo(line)
+    if dry_run:
+        for step in plan.steps:
+            path = write_temp_values(with_weights(loaded, plan, step))
+            try:
+                helm.template(release, chart, [path], namespace)
+            finally:
+                path.unlink(missing_ok=True)
+            typer.echo(f"  step {step:>3}%: values render with helm template")
+        typer.echo("dry run: nothing was changed")
+        return
+    target = HelmTarget(helm, release, namespace, chart, timeout)
+    with PrometheusClient(prometheus) as client:
+        outcome = run(plan, loaded, target, client, echo=typer.echo)
+    if not outcome.promoted:
+        raise typer.Exit(1)
+
+
+@app.command("status")
+def status_command(
+    release: str = typer.Option(..., help="Helm release."),
+    namespace: str = typer.Option("default", "--namespace", "-n"),
+    prometheus: str | None = typer.Option(None, help="Prometheus base URL for P99 per variant."),
+    model: list[str] = typer.Option(
+        [], "--model", help="Models to show P99 for (default: all in the release)."
+    ),
+    window: int = typer.Option(300, "--window-seconds"),
+) -> None:
+    """RayService, application and deployment health, pods per pool, weights, P99."""
+    from deploy.cluster import Cluster
+
+    cluster = Cluster.from_kubeconfig()
+    status = cluster.rayservice(namespace, rayservice_name(release))
+    typer.echo(status.describe())
+    if status.cluster_name:
+        for group, count in sorted(cluster.pods_per_group(namespace, status.cluster_name).items()):
+            typer.echo(f"  pods running in {group}: {count}")
+    helm = Helm.find()
+    serving = helm.get_values(release, namespace).get("serving", {})
+    models = serving.get("models", {})
+    for name, spec in sorted(models.items()):
+        weights = ", ".join(
+            f"{v}={d.get('weight', 100)}%" for v, d in spec.get("variants", {}).items()
+        )
+        typer.echo(f"  model {name}: {weights}")
+    if prometheus is None:
+        return
+    with PrometheusClient(prometheus) as client:
+        for name in model or sorted(models):
+            try:
+                p99 = client.pool_p99(name, window)
+            except DeployError as exc:
+                typer.echo(f"  model {name}: P99 unavailable: {exc}")
+                continue
+            for (variant, pool), seconds in sorted(p99.items()):
+                typer.echo(f"  model {name}/{variant} on {pool}: P99 {seconds * 1000:.1f} ms")
+
+
+def register(root: typer.Typer) -> None:
+    """Add `deploy` to the root app."""
+    root.add_typer(app, name="deploy")
