@@ -26,13 +26,16 @@ def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+STUDENT = "student-int8"
+
+
 def _precisions(value: str) -> tuple[Precision, ...]:
     try:
-        return tuple(Precision(v) for v in _split(value))
+        return tuple(Precision(v) for v in _split(value) if v != STUDENT)
     except ValueError as exc:
         raise typer.BadParameter(
             f"{value!r}: variants are a comma-separated list of "
-            f"{', '.join(p.value for p in Precision)}"
+            f"{', '.join(p.value for p in Precision)}, {STUDENT}"
         ) from exc
 
 
@@ -43,7 +46,10 @@ def optimize(
     output: Path = typer.Option(
         ..., "--output", "-o", help="Artifact directory to create, e.g. artifacts/<name>."
     ),
-    variants: str = typer.Option("fp32,fp16,int8", help="Comma-separated precisions to build."),
+    variants: str = typer.Option(
+        "fp32,fp16,int8",
+        help="Comma-separated variants: fp32, fp16, int8, student-int8 (a distilled student).",
+    ),
     seconds: float = typer.Option(3.0, help="Clip length (s) for evaluation and latency."),
     threads: int = typer.Option(2, help="ONNX Runtime / PyTorch threads for measurements."),
     calibration_data: Path | None = typer.Option(
@@ -69,14 +75,33 @@ def optimize(
         [], "--gate", help="Override a gate: NAME=VALUE or PRECISION.NAME=VALUE (repeatable)."
     ),
     seed: int = typer.Option(0, help="Seed for presets and synthetic data."),
+    distill_steps: int = typer.Option(300, help="student-int8: training steps at most."),
+    distill_minutes: float = typer.Option(20.0, help="student-int8: training time budget."),
+    student_layer_stride: int = typer.Option(
+        4, help="student-int8: keep every k-th teacher layer."
+    ),
+    student_conv_keep: float = typer.Option(
+        0.25, help="student-int8: share of conv front-end channels kept."
+    ),
     overwrite: bool = typer.Option(False, help="Replace --output if it exists."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Build verified, measured ONNX artifacts (fp32, fp16, int8) from a checkpoint."""
+    from optimize.distill import StudentRecipe
     from optimize.errors import GatesFailed
     from optimize.gates import parse_gate_overrides
     from optimize.pipeline import OptimizeConfig, build_artifacts
     from optimize.quantize import RECIPES_BY_NAME
+
+    student = None
+    if STUDENT in _split(variants):
+        student = StudentRecipe(
+            steps=distill_steps,
+            max_minutes=distill_minutes,
+            layer_stride=student_layer_stride,
+            conv_keep=student_conv_keep,
+            seed=seed,
+        )
 
     config = OptimizeConfig(
         model=model,
@@ -94,6 +119,7 @@ def optimize(
         gate_overrides=parse_gate_overrides(gate),
         seed=seed,
         overwrite=overwrite,
+        student=student,
     )
     try:
         with ProgressBar(quiet=quiet) as bar:

@@ -21,10 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from optimize.audio import AudioSet, load_folder, synthetic_set
 from optimize.checkpoint import SourceModel, resolve_source
+from optimize.distill import STUDENT_GATES, STUDENT_VARIANT, StudentRecipe, distill, student_source
 from optimize.errors import DatasetError, GatesFailed, InputError, OptimizeError
 from optimize.evaluate import fidelity, task_metrics
 from optimize.export import INPUT_NAME, OPSET, OUTPUT_NAME, check_export, export_fp32
-from optimize.gates import judge, thresholds_for
+from optimize.gates import GateThresholds, judge, thresholds_for
 from optimize.manifest import (
     MODEL_FILE,
     InputSpec,
@@ -83,6 +84,7 @@ class OptimizeConfig(BaseModel):
     gate_overrides: dict[Precision | None, dict[str, float]] = Field(default_factory=dict)
     seed: int = 0
     overwrite: bool = False
+    student: StudentRecipe | None = Field(None, description="also build student-int8")
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,8 @@ class _Context:
 
 
 def _check_config(config: OptimizeConfig) -> None:
-    if not config.variants:
-        raise InputError("--variants is empty; choose from fp32, fp16, int8")
+    if not config.variants and config.student is None:
+        raise InputError("--variants is empty; choose from fp32, fp16, int8, student-int8")
     unknown = [r for r in config.int8_recipes if r not in RECIPES_BY_NAME]
     if unknown:
         raise InputError(f"unknown int8 recipe(s) {unknown}; known: {', '.join(RECIPES_BY_NAME)}")
@@ -157,6 +159,9 @@ def _manifest(
     variant_dir: Path,
     recipe: Recipe,
     logits: NDArray[np.float32],
+    *,
+    variant: str | None = None,
+    thresholds: GateThresholds | None = None,
 ) -> Manifest:
     """Measure the model in ``variant_dir`` and judge it; returns its manifest."""
     config = ctx.config
@@ -183,7 +188,7 @@ def _manifest(
     if ctx.evaluation.labels is not None:
         task = task_metrics(logits, ctx.evaluation.labels, len(ctx.source.labels))
     return Manifest(
-        variant=precision.value,
+        variant=variant or precision.value,
         precision=precision,
         pool=_POOL[precision],
         created=utc_now(),
@@ -215,7 +220,7 @@ def _manifest(
         ),
         fidelity=fid,
         task=task,
-        gates=judge(fid, thresholds_for(precision, config.gate_overrides)),
+        gates=judge(fid, thresholds or thresholds_for(precision, config.gate_overrides)),
     )
 
 
@@ -252,11 +257,18 @@ def _build_fp16(ctx: _Context, fp32: Path) -> BuiltVariant:
     return BuiltVariant(directory, _manifest(ctx, Precision.FP16, directory, recipe, logits))
 
 
-def _build_int8(ctx: _Context, fp32: Path) -> BuiltVariant:
+def _build_int8(
+    ctx: _Context,
+    fp32: Path,
+    *,
+    variant: str = Precision.INT8.value,
+    thresholds: GateThresholds | None = None,
+    first_steps: tuple[str, ...] = ("fp32 export",),
+) -> BuiltVariant:
     """Quantize every candidate recipe, rank by measured p50, keep the fastest that passes."""
     config = ctx.config
-    directory = ctx.work / Precision.INT8.value
-    scratch = ctx.work / "int8-candidates"
+    directory = ctx.work / variant
+    scratch = ctx.work / f"{variant}-candidates"
     scratch.mkdir()
     pre = scratch / "preprocessed.onnx"
     ctx.progress("int8: pre-processing", 0, 0)
@@ -293,7 +305,7 @@ def _build_int8(ctx: _Context, fp32: Path) -> BuiltVariant:
     )
     p50 = {n: float(np.percentile(v, 50)) for n, v in samples.items()}
     p99 = {n: float(np.percentile(v, 99)) for n, v in samples.items()}
-    thresholds = thresholds_for(Precision.INT8, config.gate_overrides)
+    thresholds = thresholds or thresholds_for(Precision.INT8, config.gate_overrides)
     chosen: str | None = None
     agreements: dict[str, float] = {}
     logits_of: dict[str, NDArray[np.float32]] = {}
@@ -336,7 +348,7 @@ def _build_int8(ctx: _Context, fp32: Path) -> BuiltVariant:
     directory.mkdir()
     shutil.copyfile(built[keep], directory / MODEL_FILE)
     recipe = Recipe(
-        steps=["fp32 export", "quant_pre_process", RECIPES_BY_NAME[keep].description],
+        steps=[*first_steps, "quant_pre_process", RECIPES_BY_NAME[keep].description],
         opset=OPSET,
         quantization=keep,
         quantization_reason=reason,
@@ -344,10 +356,56 @@ def _build_int8(ctx: _Context, fp32: Path) -> BuiltVariant:
     )
     del sessions, runners
     result = BuiltVariant(
-        directory, _manifest(ctx, Precision.INT8, directory, recipe, logits_of[keep])
+        directory,
+        _manifest(
+            ctx,
+            Precision.INT8,
+            directory,
+            recipe,
+            logits_of[keep],
+            variant=variant,
+            thresholds=thresholds,
+        ),
     )
     shutil.rmtree(scratch)
     return result
+
+
+def _build_student(ctx: _Context, recipe: StudentRecipe) -> BuiltVariant:
+    """Distill a student from the source, export it, then the int8 path with its gates."""
+    config = ctx.config
+    checkpoint_dir = config.output.with_name(f".{config.output.name}.distill")
+    student, report = distill(ctx.source, recipe, checkpoint_dir, progress=ctx.progress)
+    logger.info("%s", report.describe())
+    source = student_source(ctx.source, student, ctx.work / "student-source")
+    fp32_dir = ctx.work / "student-fp32"
+    fp32_dir.mkdir()
+    ctx.progress("student: exporting", 0, 0)
+    export_fp32(source, fp32_dir / MODEL_FILE, ctx.evaluation.clips[:1])
+    check_export(
+        _torch_logits(source, ctx.evaluation.clips[:4], no_progress),
+        run_logits(
+            open_session(fp32_dir / MODEL_FILE, threads=config.threads), ctx.evaluation.clips[:4]
+        ),
+        fp32_dir / MODEL_FILE,
+    )
+    overrides = {**STUDENT_GATES, **config.gate_overrides.get(None, {})}
+    built = _build_int8(
+        ctx,
+        fp32_dir / MODEL_FILE,
+        variant=STUDENT_VARIANT,
+        thresholds=GateThresholds.for_precision(Precision.INT8, **overrides),
+        first_steps=(
+            f"knowledge distillation from the teacher (sha256 {ctx.source.sha256}): "
+            + report.describe(),
+            "student recipe " + recipe.model_dump_json(),
+            "fp32 export of the student",
+        ),
+    )
+    shutil.rmtree(fp32_dir)
+    shutil.rmtree(source.directory)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # training done: nothing to resume
+    return built
 
 
 _BUILDERS: dict[Precision, Callable[[_Context, Path], BuiltVariant]] = {
@@ -426,6 +484,8 @@ def build_artifacts(
             _BUILDERS[p](ctx, fp32_dir / MODEL_FILE)
             for p in sorted(set(config.variants), key=list(Precision).index)
         ]
+        if config.student is not None:
+            built.append(_build_student(ctx, config.student))
         if Precision.FP32 not in config.variants:
             shutil.rmtree(fp32_dir)
         for variant in built:
