@@ -34,7 +34,7 @@ class ArtifactRef(_Frozen):
 
     uri: str = Field(
         min_length=1,
-        description="artifact directory: a path, file:// or http(s):// URL (fetched, sha256-checked)",
+        description="artifact directory: a path, file:// or http(s):// URL (fetched, checked)",
     )
     sha256: Sha256
 

@@ -1,8 +1,9 @@
 """A serving config derived from one `sluiceway optimize` output directory.
 
 The embedded default: one model named after the directory, one variant, a GPU pool (the
-fp16 artifact on CUDA) only where ONNX Runtime can use CUDA, and a CPU pool (the int8
-artifact) always.
+fp16 artifact on CUDA) only where ONNX Runtime can use CUDA, and a CPU pool always: the
+distilled ``student-int8`` artifact when it was built and passed its gates (it is the one
+built for the CPU latency target), else ``int8``.
 """
 
 from __future__ import annotations
@@ -10,11 +11,25 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from optimize.errors import ArtifactError
 from optimize.manifest import model_digest, read_manifest
 from serving.config import ServingConfig, parse_config
 from serving.errors import ConfigError
 
 POOL_ARTIFACTS = {"gpu": "fp16", "cpu": "int8"}
+STUDENT = "student-int8"
+
+
+def cpu_artifact(directory: Path) -> str:
+    """``student-int8`` when present and accepted by its gates, else ``int8``."""
+    student = directory / STUDENT
+    if (student / "manifest.json").is_file():
+        try:
+            if read_manifest(student).accepted:
+                return STUDENT
+        except ArtifactError:
+            pass
+    return POOL_ARTIFACTS["cpu"]
 
 
 def cuda_usable() -> bool:
@@ -33,7 +48,7 @@ def config_for_artifacts(
     pools = ["gpu", "cpu"] if gpu else ["cpu"]
     artifacts = {}
     for pool in pools:
-        path = directory / POOL_ARTIFACTS[pool]
+        path = directory / (cpu_artifact(directory) if pool == "cpu" else POOL_ARTIFACTS[pool])
         if not (path / "manifest.json").is_file():
             raise ConfigError(
                 f"{path} is not an artifact; build it with "

@@ -33,3 +33,21 @@ def test_a_directory_without_the_artifact_is_named(tiny_artifacts: Path, tmp_pat
     shutil.copytree(tiny_artifacts / "fp32", partial / "fp32")
     with pytest.raises(ConfigError, match=r"partial/int8 is not an artifact"):
         config_for_artifacts(partial, gpu=False)
+
+
+@pytest.mark.slow
+def test_the_cpu_pool_serves_the_student_when_it_passed_its_gates(
+    tiny_artifacts: Path, tmp_path: Path
+) -> None:
+    import json
+
+    built = tmp_path / "built"
+    shutil.copytree(tiny_artifacts, built)
+    shutil.copytree(tiny_artifacts / "int8", built / "student-int8")  # stands for a student
+    ref = config_for_artifacts(built, gpu=False).models["built"].variants["default"]
+    assert ref.artifacts["cpu"].uri.endswith("student-int8")
+    manifest = json.loads((built / "student-int8" / "manifest.json").read_text())
+    manifest["gates"][0]["threshold"] = 1.5  # now no value can pass it: rejected
+    (built / "student-int8" / "manifest.json").write_text(json.dumps(manifest))
+    ref = config_for_artifacts(built, gpu=False).models["built"].variants["default"]
+    assert ref.artifacts["cpu"].uri.endswith("/int8")
