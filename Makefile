@@ -9,6 +9,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # The main job's default model and where its artifacts go.
 MODEL ?= wav2vec2-base
 ARTIFACTS ?= artifacts/$(MODEL)
+# fp16 for the GPU pool, int8 and the distilled student-int8 for the CPU pool.
+VARIANTS ?= fp32,fp16,int8,student-int8
 BENCH_OUT ?= bench-results/$(MODEL)
 
 .PHONY: help install install-system test test-fast lint bench bench-serve serve clean
@@ -56,10 +58,10 @@ lint: install  ## ruff and mypy --strict on the packages
 	$(BIN)/mypy
 
 $(ARTIFACTS)/int8/manifest.json: | install
-	$(BIN)/sluiceway optimize --model $(MODEL) --output $(ARTIFACTS)
+	$(BIN)/sluiceway optimize --model $(MODEL) --output $(ARTIFACTS) --variants $(VARIANTS)
 
 bench: $(ARTIFACTS)/int8/manifest.json  ## build the default artifacts if missing, bench them beside PyTorch eager
-	$(BIN)/sluiceway bench --artifacts $(ARTIFACTS) --threads 2 --seconds 3 --output $(BENCH_OUT)
+	$(BIN)/sluiceway bench --artifacts $(ARTIFACTS) --threads 2 --seconds 3 --eval-clips 500 --output $(BENCH_OUT)
 
 bench-serve: $(ARTIFACTS)/int8/manifest.json  ## serving overhead vs a no-op Serve app; open-loop overload with/without spillover
 	mkdir -p bench-results

@@ -78,7 +78,7 @@ def optimize(
     distill_steps: int = typer.Option(300, help="student-int8: training steps at most."),
     distill_minutes: float = typer.Option(20.0, help="student-int8: training time budget."),
     student_layer_stride: int = typer.Option(
-        4, help="student-int8: keep every k-th teacher layer."
+        6, help="student-int8: keep every k-th teacher layer."
     ),
     student_conv_keep: float = typer.Option(
         0.25, help="student-int8: share of conv front-end channels kept."

@@ -51,7 +51,7 @@ class StudentRecipe(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    layer_stride: int = Field(4, ge=1, description="keep teacher layers k-1, 2k-1, ...")
+    layer_stride: int = Field(6, ge=1, description="keep teacher layers k-1, 2k-1, ...")
     conv_keep: float = Field(0.25, gt=0, le=1, description="share of conv channels kept")
     steps: int = Field(300, ge=1, description="training steps at most")
     max_minutes: float = Field(20.0, gt=0, description="training time budget")
