@@ -28,7 +28,7 @@ from deploy.canary import (
     Verdict,
     judge,
 )
-from deploy.errors import InvalidValues
+from deploy.errors import DeployError, InvalidValues
 
 
 class Target(Protocol):
@@ -142,8 +142,15 @@ def run(
         target.apply(with_weights(values, plan, step), step)
         echo(f"step {step}%: holding {plan.window_seconds}s for the analysis window")
         sleep(plan.window_seconds)
-        canary = prometheus.variant_health(plan.model, plan.canary, plan.window_seconds)
-        baseline = prometheus.variant_health(plan.model, plan.baseline, plan.window_seconds)
+        try:
+            canary = prometheus.variant_health(plan.model, plan.canary, plan.window_seconds)
+            baseline = prometheus.variant_health(plan.model, plan.baseline, plan.window_seconds)
+        except DeployError as exc:  # no numbers, no promotion: back to what served before
+            echo(f"step {step}%: no verdict: {exc}")
+            echo(f"rolling back: {plan.canary} is not promoted")
+            target.rollback()
+            outcome.rolled_back = True
+            return outcome
         if step == 100 and last_baseline is not None:
             baseline = last_baseline  # no baseline traffic left: compare with the last seen
         verdict = judge(baseline, canary, plan.policy)
