@@ -75,7 +75,7 @@ def optimize(
         [], "--gate", help="Override a gate: NAME=VALUE or PRECISION.NAME=VALUE (repeatable)."
     ),
     seed: int = typer.Option(0, help="Seed for presets and synthetic data."),
-    distill_steps: int = typer.Option(300, help="student-int8: training steps at most."),
+    distill_steps: int = typer.Option(400, help="student-int8: training steps at most."),
     distill_minutes: float = typer.Option(20.0, help="student-int8: training time budget."),
     student_layer_stride: int = typer.Option(
         6, help="student-int8: keep every k-th teacher layer."

@@ -53,7 +53,7 @@ class StudentRecipe(BaseModel):
 
     layer_stride: int = Field(6, ge=1, description="keep teacher layers k-1, 2k-1, ...")
     conv_keep: float = Field(0.25, gt=0, le=1, description="share of conv channels kept")
-    steps: int = Field(300, ge=1, description="training steps at most")
+    steps: int = Field(400, ge=1, description="training steps at most")
     max_minutes: float = Field(20.0, gt=0, description="training time budget")
     batch_size: int = Field(8, ge=1)
     train_seconds: float = Field(1.0, gt=0, description="clip length while training")
