@@ -1,8 +1,8 @@
 """`sluiceway deploy`: values from artifacts, latency-gated rollouts, cluster status.
 
-    sluiceway deploy values  --artifacts artifacts/wav2vec2-base --uri-prefix https://m/w2v
-    sluiceway deploy rollout --release sw -f new.yaml --model w2v --canary v2 --dry-run
-    sluiceway deploy status  --release sw --namespace ml --prometheus http://127.0.0.1:9090
+sluiceway deploy values  --artifacts artifacts/wav2vec2-base --uri-prefix https://m/w2v
+sluiceway deploy rollout --release sw -f new.yaml --model w2v --canary v2 --dry-run
+sluiceway deploy status  --release sw --namespace ml --prometheus http://127.0.0.1:9090
 """
 
 from __future__ import annotations
