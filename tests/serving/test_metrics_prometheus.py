@@ -96,8 +96,11 @@ def test_p99_per_pool_from_prometheus_matches_the_load_generator(
         # alone measured 25-40 ms at P99 while the tiny model takes a few ms. So: within one
         # bucket, or within PROXY_HOP_S of the client's P99 (a unit or label mistake would
         # be off by 1000x or land on the wrong pool).
+        # A fresh-clone CI run saw the slow pool at 153 ms client vs 88 ms server P99 under
+        # that sharing, so the hop allowance also scales with the client's P99.
+        allowance = max(PROXY_HOP_S, 0.5 * client_p99)
         gap = abs(bucket_index(client_p99) - bucket_index(server_p99))
-        assert gap <= 1 or abs(client_p99 - server_p99) <= PROXY_HOP_S, (
+        assert gap <= 1 or abs(client_p99 - server_p99) <= allowance, (
             pool,
             client_p99,
             server_p99,
