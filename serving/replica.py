@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -31,7 +32,9 @@ from serving.replica_memory import gpu_memory_bytes, memory_limit_bytes, rss_byt
 logger = logging.getLogger(__name__)
 
 Tensors = dict[str, NDArray[Any]]
-MEMORY_REPORT_INTERVAL_S = 1.0
+# Gauges are re-recorded on this period, traffic or not: Ray's exporter drops a gauge that
+# was not recorded lately, and Prometheus then marks the series stale.
+GAUGE_REFRESH_S = 2.0
 _PROVIDERS = {
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "cpu": ["CPUExecutionProvider"],
@@ -112,13 +115,13 @@ class ModelReplica:
         self._config = PoolConfig.model_validate(pool_config)
         self._metrics = ReplicaMetrics.create()
         self._variants: dict[str, LoadedVariant] = {}
+        self._load_seconds: dict[str, float] = {}
         for name, raw in artifacts.items():
             start = time.perf_counter()
             variant = load_variant(ArtifactRef.model_validate(raw), self._config)
             _warmup(variant)
             self._variants[name] = variant
-            tags = {"model": model, "variant": name, "pool": pool}
-            self._metrics.load_seconds.set(time.perf_counter() - start, tags=tags)
+            self._load_seconds[name] = time.perf_counter() - start
             logger.info(
                 "%s/%s on %s: loaded %s (%s)", model, name, pool, raw["uri"], variant.provider
             )
@@ -126,22 +129,27 @@ class ModelReplica:
         if batching is not None:
             self._batched.set_max_batch_size(batching.max_batch_size)
             self._batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
-        self._memory_reported_at = 0.0
-        self._report_memory()
+        self._report_gauges()
+        threading.Thread(target=self._refresh_gauges, name="gauges", daemon=True).start()
 
-    def _report_memory(self) -> None:
-        """RSS, its limit and GPU memory, at most once a second (requests call this)."""
-        now = time.monotonic()
-        if now - self._memory_reported_at < MEMORY_REPORT_INTERVAL_S:
-            return
-        self._memory_reported_at = now
+    def _report_gauges(self) -> None:
+        """Load time, RSS, its limit and GPU memory of every variant."""
         rss, limit = float(rss_bytes()), float(memory_limit_bytes())
         gpu = float(gpu_memory_bytes()) if self._config.device == "cuda" else 0.0
         for name in self._variants:
             tags = {"model": self._model, "variant": name, "pool": self._pool}
+            self._metrics.load_seconds.set(self._load_seconds[name], tags=tags)
             self._metrics.memory.set(rss, tags=tags)
             self._metrics.memory_limit.set(limit, tags=tags)
             self._metrics.gpu_memory.set(gpu, tags=tags)
+
+    def _refresh_gauges(self) -> None:
+        while True:
+            time.sleep(GAUGE_REFRESH_S)
+            try:
+                self._report_gauges()
+            except Exception:  # a metrics hiccup must never end the replica's reporting
+                logger.exception("replica gauges not reported")
 
     def signature(self) -> dict[str, Any]:
         """Inputs, outputs and manifest of every variant (for metadata endpoints)."""
@@ -213,5 +221,4 @@ class ModelReplica:
             if isinstance(outcome, Exception):
                 raise outcome
             result = outcome
-        self._report_memory()
         return result
