@@ -6,8 +6,12 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.prometheus_server import PrometheusServer
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 TOKEN = "test-token-5f2c"
@@ -72,3 +76,17 @@ def token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("auth") / "token"
     path.write_text(TOKEN + "\n")
     return path
+
+
+@pytest.fixture(scope="module")
+def prometheus(
+    ray_serve: dict[str, int], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrometheusServer]:
+    """A real Prometheus (Debian package) scraping the Ray metrics port every second."""
+    from tests.prometheus_server import PrometheusServer
+
+    server = PrometheusServer(
+        tmp_path_factory.mktemp("prometheus"), free_port(), [f"127.0.0.1:{ray_serve['metrics']}"]
+    )
+    yield server
+    server.stop()

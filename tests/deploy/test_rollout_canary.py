@@ -15,7 +15,6 @@ import copy
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import torch
 from deploy.canary import CanaryPolicy, Decision, PrometheusClient
 from deploy.rollout import Plan, run
 from optimize.manifest import Precision, model_digest, read_manifest
-from tests.conftest import TOKEN, free_port
+from tests.conftest import TOKEN
 from tests.prometheus_server import PrometheusServer
 from tests.serving.conftest import deploy
 from tests.serving.test_routing_load import PCM, wait_ready
@@ -69,17 +68,6 @@ def slow_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
     )
     return root / "artifacts" / "fp32"
-
-
-@pytest.fixture(scope="module")
-def prometheus(
-    ray_serve: dict[str, int], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[PrometheusServer]:
-    server = PrometheusServer(
-        tmp_path_factory.mktemp("prometheus"), free_port(), [f"127.0.0.1:{ray_serve['metrics']}"]
-    )
-    yield server
-    server.stop()
 
 
 def ref(directory: Path) -> dict[str, str]:

@@ -9,14 +9,13 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.prometheus_server import PrometheusServer
-from tests.serving.conftest import deploy, free_port, serving_config
+from tests.serving.conftest import deploy, serving_config
 from tests.serving.test_routing_load import fire, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -40,11 +39,8 @@ def scraped_under_load(
     ray_serve: dict[str, int],
     tiny_artifacts: Path,
     token_file: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[PrometheusServer]:
-    prometheus = PrometheusServer(
-        tmp_path_factory.mktemp("prometheus"), free_port(), [f"127.0.0.1:{ray_serve['metrics']}"]
-    )
+    prometheus: PrometheusServer,
+) -> PrometheusServer:
     deploy(
         serving_config(
             tiny_artifacts,
@@ -69,8 +65,7 @@ def scraped_under_load(
     # the load is what makes the panels meaningful: both pools served, some were shed
     assert set(pools) == {"fast", "slow"} and codes[503] > 0, (pools, codes)
     httpx.post(f"{base}/v1/models/{MODEL}:classify", content=b"RIFFjunk")  # a 401: errors
-    yield prometheus
-    prometheus.stop()
+    return prometheus
 
 
 def drawn_points(prometheus: PrometheusServer, promql: str) -> list[float]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,24 +14,13 @@ import pytest
 
 from serving.metrics import LATENCY_BUCKETS_S, REQUEST_DURATION, exported_name
 from tests.prometheus_server import PrometheusServer
-from tests.serving.conftest import TOKEN, deploy, free_port, serving_config
+from tests.serving.conftest import TOKEN, deploy, serving_config
 from tests.serving.test_routing_load import PCM, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 PROXY_HOP_S = 0.060
 MODEL = "tiny-prom"  # no other test serves it: its series hold only this test's requests
-
-
-@pytest.fixture(scope="module")
-def prometheus(
-    ray_serve: dict[str, int], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[PrometheusServer]:
-    server = PrometheusServer(
-        tmp_path_factory.mktemp("prometheus"), free_port(), [f"127.0.0.1:{ray_serve['metrics']}"]
-    )
-    yield server
-    server.stop()
 
 
 async def timed_load(base: str, count: int, concurrency: int) -> dict[str, list[float]]:
