@@ -8,6 +8,7 @@ built for the CPU latency target), else ``int8``.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from optimize.manifest import model_digest, read_manifest
 from serving.config import ServingConfig, parse_config
 from serving.errors import ConfigError
 
+logger = logging.getLogger(__name__)
 POOL_ARTIFACTS = {"gpu": "fp16", "cpu": "int8"}
 STUDENT = "student-int8"
 
@@ -27,8 +29,9 @@ def cpu_artifact(directory: Path) -> str:
         try:
             if read_manifest(student).accepted:
                 return STUDENT
-        except ArtifactError:
-            pass
+            logger.warning("%s failed its gates: the CPU pool serves int8", student)
+        except ArtifactError as exc:
+            logger.warning("%s is unreadable (%s): the CPU pool serves int8", student, exc)
     return POOL_ARTIFACTS["cpu"]
 
 

@@ -95,18 +95,16 @@ def artifact_manifest(ref: ArtifactRef) -> Manifest:
     The ingress needs only the manifest (labels, sample rate, input names); for an http(s)
     URI it downloads ``manifest.json`` alone, so the head pod never holds a model.
     """
-    scheme = uri_scheme(ref.uri)
-    with tempfile.TemporaryDirectory(prefix="sluiceway-manifest-") as tmp:
-        if scheme in REMOTE_SCHEMES:
-            with _client() as client:
-                _get(client, _file_url(ref.uri, MANIFEST_FILE), Path(tmp) / MANIFEST_FILE, None)
-            directory = Path(tmp)
+    try:
+        if uri_scheme(ref.uri) in REMOTE_SCHEMES:
+            with tempfile.TemporaryDirectory(prefix="sluiceway-manifest-") as tmp:
+                with _client() as client:
+                    _get(client, _file_url(ref.uri, MANIFEST_FILE), Path(tmp) / MANIFEST_FILE, None)
+                manifest = read_manifest(Path(tmp))
         else:
-            directory = resolve_artifact(ref)  # a path, or the scheme error
-        try:
-            manifest = read_manifest(directory)
-        except ArtifactError as exc:
-            raise ArtifactFetchError(f"{_redact(ref.uri)}: no usable manifest: {exc}") from exc
+            manifest = read_manifest(resolve_artifact(ref))  # a path, or the scheme error
+    except ArtifactError as exc:
+        raise ArtifactFetchError(f"{_redact(ref.uri)}: no usable manifest: {exc}") from exc
     got = model_digest(manifest)
     if got != ref.sha256:
         raise ArtifactFetchError(
