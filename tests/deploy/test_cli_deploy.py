@@ -146,3 +146,42 @@ def test_status_of_an_unknown_release_says_so(tmp_path: Path) -> None:
         done = sluiceway("deploy", "status", "--release", "nope", "-n", "ml", kubeconfig=config)
     assert done.returncode == 1
     assert done.stderr.startswith("Error: ") and "nope" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--pool", "gpu=fp16"], "--pool 'gpu=fp16': write NAME=SUBDIR:DEVICE"),
+        ([], "holds neither fp16/ nor int8/"),
+    ],
+)
+def test_values_with_a_bad_pool_or_no_artifacts_says_what_to_pass(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    done = sluiceway("deploy", "values", "--artifacts", str(tmp_path), *args)
+    assert done.returncode == 1
+    assert message in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"), [("10,abc", "give integers"), ("50,100", "cannot read")]
+)
+def test_rollout_with_unparsable_steps_or_an_unreadable_values_file(
+    tmp_path: Path, steps: str, message: str
+) -> None:
+    done = sluiceway(
+        "deploy",
+        "rollout",
+        "--release",
+        "sw",
+        "-f",
+        str(tmp_path / "missing.yaml"),
+        "--model",
+        "w2v",
+        "--canary",
+        "v2",
+        "--steps",
+        steps,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("Error: ") and message in done.stderr, done.stderr
