@@ -30,7 +30,8 @@ def rayservice_name(release: str) -> str:
 def _pools(artifacts: Path, specs: list[str]) -> dict[str, PoolArtifact]:
     """``NAME=SUBDIR:DEVICE`` pool specs; by default gpu=fp16:cuda and cpu=int8:cpu."""
     if not specs:
-        specs = [s for s in ("gpu=fp16:cuda", "cpu=int8:cpu") if (artifacts / s[4:8]).is_dir()]
+        defaults = {"fp16": "gpu=fp16:cuda", "int8": "cpu=int8:cpu"}
+        specs = [spec for subdir, spec in defaults.items() if (artifacts / subdir).is_dir()]
         if not specs:
             raise InvalidValues(
                 f"{artifacts} holds neither fp16/ nor int8/: pass --pool NAME=SUBDIR:DEVICE"
