@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -196,7 +195,9 @@ def roll_out(
     )
     printed: list[str] = []
     with Load(base, model) as load:
-        time.sleep(5)  # the baseline's series exist before the first step
+        prometheus.wait_for(  # the baseline's series exist before the first step
+            f'ray_sluiceway_requests_total{{model="{model}"}}', lambda r: len(r) > 0, 60
+        )
         outcome = run(plan, new, target, PrometheusClient(prometheus.url), echo=printed.append)
     return outcome, target, load, printed
 
