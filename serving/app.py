@@ -35,7 +35,7 @@ from serving.errors import (
     UnknownModel,
 )
 from serving.fetch import artifact_manifest
-from serving.metrics import IngressMetrics
+from serving.metrics import IngressMetrics, refresh_forever
 from serving.protocols.v2 import (
     HEADER_LENGTH,
     TensorSpec,
@@ -49,6 +49,7 @@ from serving.routing.variants import PIN_HEADER
 logger = logging.getLogger(__name__)
 
 APP_NAME = "sluiceway"
+
 STATUS_POLL_SECONDS = 1.0
 
 api = FastAPI(
@@ -97,7 +98,9 @@ class Ingress:
         self._metrics = IngressMetrics.create()
         from sluiceway import __version__
 
-        self._metrics.build_info.set(1, tags={"version": __version__})
+        build = {"version": __version__}
+        self._metrics.build_info.set(1, tags=build)
+        refresh_forever(lambda: self._metrics.build_info.set(1, tags=build), "build-info")
         self._routers = {
             name: ModelRouter(name, model, self._config.pools, handles[name], self._metrics)
             for name, model in self._config.models.items()

@@ -22,11 +22,20 @@ singletons), so a test can build fresh ones.
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ray.util.metrics import Counter, Gauge, Histogram
 
+logger = logging.getLogger(__name__)
+
 PREFIX = "sluiceway_"
+# Gauges are re-recorded on this period, traffic or not: Ray's exporter drops a gauge that
+# was not recorded lately, and Prometheus then marks the series stale.
+GAUGE_REFRESH_S = 2.0
 RAY_PREFIX = "ray_"
 
 # Fine enough for P99 in milliseconds from 2 ms to 30 s: 1 ms steps at the low end.
@@ -188,3 +197,17 @@ class ReplicaMetrics:
                 tag_keys=("model", "pool"),
             ),
         )
+
+
+def refresh_forever(record: Callable[[], None], name: str) -> None:
+    """Call ``record`` every GAUGE_REFRESH_S from a daemon thread, for the process's life."""
+
+    def loop() -> None:
+        while True:
+            time.sleep(GAUGE_REFRESH_S)
+            try:
+                record()
+            except Exception:  # a metrics hiccup must not end the reporting; it is logged
+                logger.exception("%s: gauges not recorded", name)
+
+    threading.Thread(target=loop, name=name, daemon=True).start()

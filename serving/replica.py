@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -25,16 +24,13 @@ from optimize.manifest import MODEL_FILE, Manifest, verify_artifact
 from serving.config import ArtifactRef, PoolConfig
 from serving.errors import BadRequest, ConfigError, UnknownModel
 from serving.fetch import resolve_artifact
-from serving.metrics import ReplicaMetrics
+from serving.metrics import ReplicaMetrics, refresh_forever
 from serving.protocols.v2 import ONNX_TO_V2, TensorSpec, check_inputs
 from serving.replica_memory import gpu_memory_bytes, memory_limit_bytes, rss_bytes
 
 logger = logging.getLogger(__name__)
 
 Tensors = dict[str, NDArray[Any]]
-# Gauges are re-recorded on this period, traffic or not: Ray's exporter drops a gauge that
-# was not recorded lately, and Prometheus then marks the series stale.
-GAUGE_REFRESH_S = 2.0
 _PROVIDERS = {
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "cpu": ["CPUExecutionProvider"],
@@ -130,7 +126,7 @@ class ModelReplica:
             self._batched.set_max_batch_size(batching.max_batch_size)
             self._batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
         self._report_gauges()
-        threading.Thread(target=self._refresh_gauges, name="gauges", daemon=True).start()
+        refresh_forever(self._report_gauges, f"{model}-{pool} gauges")
 
     def _report_gauges(self) -> None:
         """Load time, RSS, its limit and GPU memory of every variant."""
@@ -142,14 +138,6 @@ class ModelReplica:
             self._metrics.memory.set(rss, tags=tags)
             self._metrics.memory_limit.set(limit, tags=tags)
             self._metrics.gpu_memory.set(gpu, tags=tags)
-
-    def _refresh_gauges(self) -> None:
-        while True:
-            time.sleep(GAUGE_REFRESH_S)
-            try:
-                self._report_gauges()
-            except Exception:  # a metrics hiccup must never end the replica's reporting
-                logger.exception("replica gauges not reported")
 
     def signature(self) -> dict[str, Any]:
         """Inputs, outputs and manifest of every variant (for metadata endpoints)."""
