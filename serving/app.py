@@ -1,7 +1,8 @@
 """The HTTP front door (one port): v2 inference protocol, audio classify, model listing.
 
 Every response names the variant and pool that served it (``x-sluiceway-variant``,
-``x-sluiceway-pool``, and ``x-sluiceway-route``: primary, latency, saturated, failover).
+``x-sluiceway-pool``, and ``x-sluiceway-route``: primary, latency, saturated, failover)
+and where its time went (``Server-Timing``).
 Errors go through one handler table: ``ServingError`` subclasses carry their status.
 
 No ``from __future__ import annotations`` here: FastAPI must resolve the route signatures
@@ -77,11 +78,19 @@ def _token(config: ServingConfig) -> str | None:
     return None
 
 
-def _route_headers(routed: Routed) -> dict[str, str]:
+def _route_headers(routed: Routed, start: float) -> dict[str, str]:
+    """Where the request went, and where its time went (``Server-Timing``, milliseconds:
+    in the ingress in all, waiting on the replica, inside the replica)."""
+    timing = {
+        "ingress": time.perf_counter() - start,
+        "dispatch": routed.dispatch_s,
+        "replica": routed.replica_s,
+    }
     return {
         "x-sluiceway-variant": routed.variant,
         "x-sluiceway-pool": routed.pool,
         "x-sluiceway-route": routed.reason.value,
+        "server-timing": ", ".join(f"{k};dur={v * 1e3:.1f}" for k, v in timing.items()),
     }
 
 
@@ -302,7 +311,7 @@ class Ingress:
         content, headers = encode_infer_response(
             model_name=model, model_version=routed.variant, request=parsed, outputs=routed.outputs
         )
-        return Response(content, headers=headers | _route_headers(routed))
+        return Response(content, headers=headers | _route_headers(routed, start))
 
     @api.post("/v2/models/{model}/infer", tags=["v2"])
     async def infer(self, model: str, request: Request) -> Response:
@@ -345,5 +354,5 @@ class Ingress:
                 "scores": {label: float(s) for label, s in zip(labels, scores, strict=True)},
                 "seconds": wave.shape[0] / manifest.input.sample_rate,
             },
-            headers=_route_headers(routed),
+            headers=_route_headers(routed, start),
         )

@@ -78,6 +78,16 @@ class PoolConfig(_Frozen):
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     threads: int = Field(1, ge=1, le=256, description="ONNX Runtime intra-op threads per replica")
+    nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description=(
+            "CPU priority of the inference threads (0 normal, 19 lowest): raise it where "
+            "replicas share cores with the HTTP proxy and ingress (a one-machine cluster), "
+            "so that shedding, routing and health checks stay prompt while inference is busy"
+        ),
+    )
     max_ongoing_requests: int = Field(4, ge=1, description="concurrent requests per replica")
     max_queued_requests: int = Field(8, ge=0, description="requests queued per pool beyond that")
     batching: BatchingConfig | None = None

@@ -20,6 +20,9 @@ from serving.errors import ConfigError
 logger = logging.getLogger(__name__)
 POOL_ARTIFACTS = {"gpu": "fp16", "cpu": "int8"}
 STUDENT = "student-int8"
+# One machine: CPU inference shares its cores with the HTTP proxy and the ingress, which
+# must stay prompt (routing, shedding, health checks) while inference keeps every core busy.
+LOCAL_NICE = 10
 
 
 def cpu_artifact(directory: Path) -> str:
@@ -78,6 +81,7 @@ def config_for_artifacts(
                 "cpu": {
                     "num_cpus": 1,
                     "threads": threads,
+                    "nice": LOCAL_NICE,
                     "max_ongoing_requests": 2,
                     "max_queued_requests": 8,
                 },
@@ -87,6 +91,7 @@ def config_for_artifacts(
                 "cpu": {
                     "num_cpus": 1,
                     "threads": threads,
+                    "nice": LOCAL_NICE,
                     "max_ongoing_requests": 2,
                     "max_queued_requests": 8,
                 },

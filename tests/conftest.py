@@ -49,10 +49,9 @@ def ray_serve() -> Iterator[dict[str, int]]:
     import ray
     from ray import serve
 
-    from serving.server import PROXY_PATIENCE, QUIET_LOGS
+    from serving.server import QUIET_LOGS, apply_ray_env
 
-    for key, value in PROXY_PATIENCE.items():
-        os.environ.setdefault(key, value)
+    apply_ray_env()
     ports = {"http": free_port(), "metrics": free_port()}
     ray.init(
         num_cpus=2,

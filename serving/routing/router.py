@@ -59,6 +59,8 @@ class Routed:
     pool: str
     variant: str
     reason: Reason
+    dispatch_s: float = 0.0  # from sending to the replica until its answer was back
+    replica_s: float = 0.0  # spent inside the replica (batch wait and inference)
 
 
 class ModelRouter:
@@ -215,7 +217,7 @@ class ModelRouter:
             latency: float | None = None
             try:
                 response = self._handles[pool].infer.remote(variant, inputs)
-                outputs = await self._unless_lost(pool, response)
+                outputs, replica_s = await self._unless_lost(pool, response)
                 latency = self._clock() - start
             except BackPressureError:  # Ray's own queue limit: the pool is full
                 full.add(pool)
@@ -236,4 +238,11 @@ class ModelRouter:
                 self._metrics.inflight.set(stats.inflight, tags={"model": self.name, "pool": pool})
             self._record_spill(decision)
             self.policy.on_completed(decision, latency)
-            return Routed(outputs=outputs, pool=pool, variant=variant, reason=decision.reason)
+            return Routed(
+                outputs=outputs,
+                pool=pool,
+                variant=variant,
+                reason=decision.reason,
+                dispatch_s=latency,
+                replica_s=replica_s,
+            )

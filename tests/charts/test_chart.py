@@ -348,6 +348,15 @@ def test_auth_token_comes_from_the_secret_and_reaches_the_serving_config(tmp_pat
     assert "value: sluiceway-token" not in rendered  # only referenced, never copied
 
 
+def test_every_ray_container_gets_the_ray_settings_local_clusters_get(tmp_path: Path) -> None:
+    from serving.server import RAY_ENV
+
+    service = by_kind(render(write_values(tmp_path, values())))["RayService"][0]
+    for spec in pod_specs(service):
+        env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+        assert {k: env.get(k) for k in RAY_ENV} == RAY_ENV
+
+
 def test_artifacts_from_a_pvc_and_an_init_container_that_checks_sha256(tmp_path: Path) -> None:
     docs = by_kind(render(write_values(tmp_path, fetched_with_auth())))
     service = docs["RayService"][0]

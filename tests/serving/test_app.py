@@ -81,6 +81,13 @@ def test_infer_response_says_which_pool_and_variant(server: str, clips: np.ndarr
     assert response.headers["x-sluiceway-variant"] == "stable"
     assert response.headers["x-sluiceway-pool"] == "fast"
     assert response.headers["x-sluiceway-route"] == "primary"
+    timing = dict(
+        (part.split(";dur=")[0].strip(), float(part.split(";dur=")[1]))
+        for part in response.headers["server-timing"].split(",")
+    )
+    # Nested spans, in milliseconds: the ingress holds the dispatch, which holds the replica.
+    assert set(timing) == {"ingress", "dispatch", "replica"}
+    assert 0 < timing["replica"] <= timing["dispatch"] <= timing["ingress"] < 30_000
     pinned = httpx.post(
         f"{server}/v2/models/tiny/versions/fp16/infer", json=body, headers=AUTH, timeout=30
     )

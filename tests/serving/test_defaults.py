@@ -21,9 +21,13 @@ def test_default_config_serves_int8_on_cpu_and_fp16_on_gpu_when_there_is_one(
     assert ref.local_path() == (tiny_artifacts / "int8").resolve()
     assert ref.sha256 == model_digest(read_manifest(tiny_artifacts / "int8"))
     assert cpu_only.http.port == 9000
+    # One machine: CPU inference yields to the proxy and ingress (nice), the GPU pool's
+    # threads mostly wait on the device and keep normal priority.
+    assert cpu_only.pools["cpu"].nice > 0
     with_gpu = config_for_artifacts(tiny_artifacts, gpu=True)
     assert with_gpu.models["tiny"].routing.pools == ["gpu", "cpu"]
     assert with_gpu.pools["gpu"].device == "cuda"
+    assert with_gpu.pools["gpu"].nice == 0 < with_gpu.pools["cpu"].nice
     assert with_gpu.models["tiny"].variants["default"].artifacts["gpu"].uri.endswith("fp16")
 
 
