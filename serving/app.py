@@ -23,6 +23,7 @@ from ray import serve
 from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
+from ray.serve.schema import DeploymentStatus
 
 from optimize.manifest import Manifest
 from serving.audio_decode import decode_audio
@@ -144,7 +145,11 @@ class Ingress:
             for pool in router.order:
                 state = deployments.get(replica_deployment_name(router.name, pool))
                 if state is not None:
-                    router.set_running_replicas(pool, int(state.replica_states.get("RUNNING", 0)))
+                    router.set_running_replicas(
+                        pool,
+                        int(state.replica_states.get("RUNNING", 0)),
+                        updating=state.status == DeploymentStatus.UPDATING,
+                    )
 
     async def _watch_pools(self) -> None:
         """Follow Serve's replica states; probe failed pools until they answer."""

@@ -93,6 +93,7 @@ class ModelRouter:
         }
         self._per_replica = {p: pools[p].max_ongoing_requests for p in self.order}
         self._empty_polls = dict.fromkeys(self.order, 0)
+        self._updating = dict.fromkeys(self.order, False)
         self._lost_events: dict[str, asyncio.Event] = {}
         self.policy = SpilloverPolicy(
             slo_s=config.routing.slo_p99_seconds,
@@ -128,13 +129,18 @@ class ModelRouter:
         self.stats[pool].mark_unhealthy()
         self._lost(pool).set()
 
-    def set_running_replicas(self, pool: str, running: int, detail: str = "") -> None:
-        """From Serve's status: replicas RUNNING in a pool.
+    def set_running_replicas(
+        self, pool: str, running: int, detail: str = "", *, updating: bool = False
+    ) -> None:
+        """From Serve's status: replicas RUNNING in a pool, and whether Serve is rolling
+        out new ones (``updating``).
 
         A pool is declared lost after two polls in a row without a running replica: one
-        such poll also happens while a rollout swaps replicas.
+        such poll also happens while a rollout swaps replicas. A lost pool that is being
+        updated is still worth waiting for when no other pool can serve (see ``infer``).
         """
         stats = self.stats[pool]
+        self._updating[pool] = updating and running == 0
         self._empty_polls[pool] = self._empty_polls[pool] + 1 if running == 0 else 0
         if running > 0:
             stats.set_capacity(running * self._per_replica[pool])
@@ -195,14 +201,47 @@ class ModelRouter:
         response.cancel()
         raise PoolLost(pool)
 
+    async def _wait_for_update(self, pool: str, variant: str, inputs: dict[str, Any]) -> Routed:
+        """Send to ``pool`` while Serve replaces its replicas, and wait for the answer."""
+        stats = self.stats[pool]
+        stats.started()
+        start = self._clock()
+        response: Any = None
+        try:
+            response = self._handles[pool].infer.remote(variant, inputs)
+            outputs, replica_s = await response
+        except REPLICA_LOST as exc:
+            raise ModelUnavailable(
+                f"model {self.name!r}: pool {pool!r} is being updated and its new replica "
+                f"failed ({type(exc).__name__}); retry later",
+                headers={"retry-after": str(self.config.routing.retry_after_seconds)},
+            ) from exc
+        except asyncio.CancelledError:
+            if response is not None:
+                response.cancel()
+            raise
+        finally:
+            stats.finished(None)
+        latency = self._clock() - start
+        reason = Reason.PRIMARY if pool == self.order[0] else Reason.FAILOVER
+        return Routed(outputs, pool, variant, reason, dispatch_s=latency, replica_s=replica_s)
+
     async def infer(self, variant: str, inputs: dict[str, Any]) -> Routed:
         """Dispatch to a pool; on a lost replica or Ray back-pressure try the next one."""
         lost: set[str] = set()
         full: set[str] = set()
+        waited: set[str] = set()
         while True:
             decision = self.policy.choose(self.views(lost, full))
             if decision.pool is None:
                 if all(not self.stats[p].healthy for p in self.order):
+                    waiting = next((p for p in self.order if self._updating[p]), None)
+                    if waiting is not None and waiting not in waited:
+                        # Serve is replacing the pool's replicas (a redeploy with one
+                        # replica leaves a moment with none): Serve holds the request until
+                        # a new replica runs, within the model's deadline.
+                        waited.add(waiting)
+                        return await self._wait_for_update(waiting, variant, inputs)
                     raise ModelUnavailable(
                         f"model {self.name!r} has no healthy replica in any pool; retry later",
                         headers={"retry-after": str(self.config.routing.retry_after_seconds)},

@@ -163,3 +163,42 @@ def test_sheds_with_503_and_retry_after_when_every_pool_is_full(
     shed = [r for r in responses if r.status_code == 503]
     assert all(r.headers["retry-after"] == "2" for r in shed)
     assert "every pool is at capacity" in shed[0].json()["error"]
+
+
+def test_a_redeploy_that_replaces_the_only_replica_fails_no_request(
+    ray_serve: dict[str, int], tiny_artifacts: Path, token_file: Path
+) -> None:
+    """One pool, one replica: while Serve swaps it for a new one there is a moment with no
+    running replica; requests wait for the new one (within the deadline) instead of 503."""
+    one_pool = {"pools": ["fast"]}
+    fast = {"max_ongoing_requests": 2, "max_queued_requests": 4}  # room for the load below
+    before = serving_config(
+        tiny_artifacts, token_file, ports=ray_serve, routing=one_pool, fast=fast
+    )
+    after = serving_config(  # a new pool setting: Serve replaces the replica
+        tiny_artifacts, token_file, ports=ray_serve, routing=one_pool, fast=fast | {"nice": 1}
+    )
+    deploy(before)
+    base = f"http://127.0.0.1:{ray_serve['http']}"
+    wait_ready(base)
+
+    async def scenario() -> list[httpx.Response]:
+        responses: list[httpx.Response] = []
+        done = asyncio.Event()
+
+        async def client() -> None:
+            while not done.is_set():
+                responses.extend(await fire(base, count=2, concurrency=2))
+
+        load = asyncio.gather(client())
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(deploy, after)  # returns once the new replica runs
+        await asyncio.sleep(2.0)
+        done.set()
+        await load
+        return responses
+
+    responses = asyncio.run(scenario())
+    codes = Counter(r.status_code for r in responses)
+    errors = {r.text for r in responses if r.status_code != 200}
+    assert codes[200] == len(responses) > 20, (codes, errors)
