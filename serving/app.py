@@ -193,6 +193,16 @@ class Ingress:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def _refuse_if_full(self, router: ModelRouter, variant: str) -> None:
+        """A 503 before the body is read when every pool is full: an overloaded server
+        answers fast and spends nothing on a request it will not serve."""
+        try:
+            router.refuse_if_full()
+        except ServingError as exc:
+            tags = {"model": router.name, "variant": variant, "pool": "none"}
+            self._metrics.requests.inc(tags=tags | {"code": str(exc.status_code)})
+            raise
+
     async def _dispatch(
         self, router: ModelRouter, variant: str, inputs: dict[str, Any], start: float
     ) -> Routed:
@@ -307,6 +317,7 @@ class Ingress:
         self._authorize(request)
         router = self._router(model)
         variant = self._variant(router, request, pinned)
+        self._refuse_if_full(router, variant)
         body = await self._body(request, router)
         raw_length = request.headers.get(HEADER_LENGTH)
         if raw_length is not None and not (raw_length.isascii() and raw_length.isdigit()):
@@ -333,8 +344,9 @@ class Ingress:
         start = time.perf_counter()
         self._authorize(request)
         router = self._router(model)
-        body = await self._body(request, router)
         variant = self._variant(router, request)
+        self._refuse_if_full(router, variant)
+        body = await self._body(request, router)
         manifest = self._manifests[model][variant]
         limit = min(router.config.limits.max_audio_seconds, manifest.input.max_seconds)
         wave = await asyncio.to_thread(

@@ -83,9 +83,10 @@ class PoolConfig(_Frozen):
         ge=0,
         le=19,
         description=(
-            "CPU priority of the inference threads (0 normal, 19 lowest): raise it where "
-            "replicas share cores with the HTTP proxy and ingress (a one-machine cluster), "
-            "so that shedding, routing and health checks stay prompt while inference is busy"
+            "nice value of the inference threads (19 lowest priority; Ray already runs its "
+            "workers, the HTTP proxy and ingress included, at 15, so only 16-19 rank "
+            "inference below them): for replicas that share cores with the proxy and ingress "
+            "(a one-machine cluster), so shedding and health checks stay prompt under load"
         ),
     )
     max_ongoing_requests: int = Field(4, ge=1, description="concurrent requests per replica")

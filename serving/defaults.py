@@ -22,7 +22,7 @@ POOL_ARTIFACTS = {"gpu": "fp16", "cpu": "int8"}
 STUDENT = "student-int8"
 # One machine: CPU inference shares its cores with the HTTP proxy and the ingress, which
 # must stay prompt (routing, shedding, health checks) while inference keeps every core busy.
-LOCAL_NICE = 10
+LOCAL_NICE = 19  # Ray's workers (proxy, ingress) run at 15
 
 
 def cpu_artifact(directory: Path) -> str:

@@ -30,6 +30,10 @@ RAY_ENV = {
     # ingress's own time fell from 15.6 to 5.5 ms and the ingress -> replica hop from 13.0
     # to 8.7 ms at p50 (`python -m serving.bench`, Server-Timing spans).
     "RAY_max_direct_call_object_size": str(2**20),
+    # A request Serve holds for a full replica is retried with a backoff that grows to 0.5 s
+    # by default: it then starts up to that long after the slot freed (bench-serve saw
+    # 850 ms queue waits behind a 700 ms request). 50 ms keeps the wait close to the work.
+    "RAY_SERVE_ROUTER_RETRY_MAX_BACKOFF_S": "0.05",
     "RAY_USAGE_STATS_ENABLED": "0",
 }
 

@@ -163,6 +163,12 @@ class ModelRouter:
         self.stats[pool].mark_healthy()
         return True
 
+    def refuse_if_full(self) -> None:
+        """Shed now, before the request's body is read, when it would be shed anyway."""
+        decision = self.policy.choose(self.views(set(), set()))
+        if decision.pool is None and any(s.healthy for s in self.stats.values()):
+            raise self._shed()
+
     def _shed(self) -> PoolSaturated:
         self._metrics.rejected.inc(tags={"model": self.name, "reason": "saturated"})
         retry = str(self.config.routing.retry_after_seconds)
