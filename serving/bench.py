@@ -30,7 +30,8 @@ from starlette.responses import Response
 
 from optimize.manifest import MODEL_FILE, model_digest, read_manifest
 from serving.app import APP_NAME
-from serving.config import parse_config
+from serving.config import PoolConfig, parse_config
+from serving.replica import inference_executor
 from serving.server import QUIET_LOGS, apply_ray_env, build_app
 
 HEADER = "inference-header-content-length"
@@ -123,9 +124,24 @@ def wait_healthy(base: str, pools: int, deadline_s: float = 120.0) -> None:
 
 
 def overhead(base: str, model: Path, clip: np.ndarray, rounds: int) -> dict[str, float]:
+    """p50s of raw ONNX Runtime, Sluiceway and the no-op app, interleaved round by round.
+
+    Raw ONNX Runtime runs as a replica does: one thread, at the replica's ``nice``.
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    options.inter_op_num_threads = 1
+    executor = inference_executor("raw", PoolConfig(threads=1, nice=NICE, max_ongoing_requests=1))
+    session = executor.submit(
+        ort.InferenceSession, str(model), options, providers=["CPUExecutionProvider"]
+    ).result()
+    feeds = {"input_values": clip[None, :]}
+
+    def timed_run() -> float:
+        t = time.perf_counter()
+        session.run(None, feeds)
+        return time.perf_counter() - t
+
     body, headers = v2_body(clip)
     raw, ours, noop = [], [], []
     spans: dict[str, list[float]] = {"ingress": [], "dispatch": [], "replica": []}
@@ -134,9 +150,7 @@ def overhead(base: str, model: Path, clip: np.ndarray, rounds: int) -> dict[str,
             client.post(f"{base}/v2/models/w2v/infer", content=body, headers=headers)
             client.post(f"{base}/noop", content=body, headers=headers)
         for _ in range(rounds):
-            t = time.perf_counter()
-            session.run(None, {"input_values": clip[None, :]})
-            raw.append(time.perf_counter() - t)
+            raw.append(executor.submit(timed_run).result())
             t = time.perf_counter()
             r = client.post(f"{base}/v2/models/w2v/infer", content=body, headers=headers)
             ours.append(time.perf_counter() - t)
@@ -147,6 +161,7 @@ def overhead(base: str, model: Path, clip: np.ndarray, rounds: int) -> dict[str,
             t = time.perf_counter()
             client.post(f"{base}/noop", content=body, headers=headers)
             noop.append(time.perf_counter() - t)
+    executor.shutdown()
     series = {"raw": raw, "ours": ours, "noop": noop} | spans
     p50 = {k: float(np.median(v)) for k, v in series.items()}
     # Rounds are paired (raw, ours, no-op back to back): the median of per-round
