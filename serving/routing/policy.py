@@ -81,18 +81,14 @@ class SpilloverPolicy(RoutingPolicy):
         """Room left, and a new request there is expected to meet the SLO.
 
         An idle pool always fits: its recent latency is stale, and refusing it work would
-        keep it stale (and shed everything) forever. A pool with no latency seen yet (just
-        started) takes what its free slots hold, and queues nothing: a slow pool's first
-        requests would otherwise queue blind behind each other (bench-serve saw 2.2 s).
+        keep it stale (and shed everything) forever. A pool with no latency seen yet takes
+        up to its queue limit: refusing it would shed on a fresh server with room (a pool
+        that must not queue says so with ``max_queued_requests: 0``).
         """
         if pool.inflight == 0:
             return True
-        if pool.saturated:
-            return False
         expected = pool.expected_latency_s()
-        if expected is None:  # no latency seen yet: a free slot, never a place in a queue
-            return pool.inflight < pool.capacity
-        return expected <= self._slo_s
+        return not pool.saturated and (expected is None or expected <= self._slo_s)
 
     def choose(self, pools: Sequence[PoolView]) -> Decision:
         healthy = [p for p in pools if p.healthy]

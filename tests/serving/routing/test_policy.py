@@ -100,15 +100,6 @@ def test_an_idle_pool_is_never_shed_for_its_stale_latency() -> None:
     assert (decision.pool, decision.reason) == ("cpu", Reason.SPILL_SATURATED)
 
 
-def test_a_pool_with_no_latency_seen_yet_fills_its_slots_but_queues_nothing() -> None:
-    p = policy(FakeClock())
-    gpu_full = view("gpu", inflight=8, capacity=4, queue=4)
-    fresh_cpu = view("cpu", inflight=1, capacity=2, queue=4, service=None)
-    assert p.choose([gpu_full, fresh_cpu]).pool == "cpu"  # a free slot
-    busy_cpu = view("cpu", inflight=2, capacity=2, queue=4, service=None)
-    assert p.choose([gpu_full, busy_cpu]).pool is None  # would queue blind: shed
-
-
 def test_hysteresis_keeps_using_the_preferred_pool_when_it_meets_the_slo() -> None:
     clock = FakeClock()
     p = policy(clock)
