@@ -19,11 +19,10 @@ from typing import Any
 
 import httpx
 import pytest
-import torch
 
 from deploy.canary import CanaryPolicy, Decision, PrometheusClient
 from deploy.rollout import Plan, run
-from optimize.manifest import Precision, model_digest, read_manifest
+from optimize.manifest import model_digest, read_manifest
 from tests.conftest import TOKEN
 from tests.prometheus_server import PrometheusServer
 from tests.serving.conftest import deploy
@@ -33,40 +32,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 WINDOW_S = 30
 POLICY = CanaryPolicy(min_requests=20)
-
-
-@pytest.fixture(scope="module")
-def slow_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real, deliberately bigger model of the same family (about 10x the tiny one's time):
-    the canary that must be rolled back."""
-    from transformers import AutoModelForAudioClassification
-
-    from optimize.checkpoint import preset_config
-    from optimize.pipeline import OptimizeConfig, build_artifacts
-
-    config = preset_config("wav2vec2-tiny")
-    config.conv_dim = [512, 512, 512, 512]
-    config.hidden_size, config.intermediate_size = 384, 1536
-    config.num_hidden_layers, config.num_attention_heads = 6, 6
-    torch.manual_seed(0)
-    model = AutoModelForAudioClassification.from_config(config).eval()
-    root = tmp_path_factory.mktemp("slow")
-    model.save_pretrained(root / "checkpoint", safe_serialization=True)
-    build_artifacts(
-        OptimizeConfig(
-            model=str(root / "checkpoint"),
-            output=root / "artifacts",
-            variants=(Precision.FP32,),
-            seconds=1.0,
-            eval_clips=8,
-            calibration_clips=2,
-            latency_runs=5,
-            candidate_runs=3,
-            # its head is untrained (near-constant decisions): fine for a latency canary
-            gate_overrides={None: {"max_source_class_share": 1.0}},
-        )
-    )
-    return root / "artifacts" / "fp32"
 
 
 def ref(directory: Path) -> dict[str, str]:

@@ -1,5 +1,10 @@
 """A real Prometheus scrapes the real server: P99 per pool from the histogram matches the
-P99 the load generator measured, within one bucket; metric names are as documented."""
+P99 the load generator measured, within one bucket; metric names are as documented.
+
+The ingress cannot see the HTTP proxy hop in front of it (15-20 ms at p50 on 2 cores, more
+at the tail). The model here (a bigger wav2vec2 on 4 s clips) takes about half a second, where
+buckets are 50-100 ms wide, so that the hop is what it is in production: small beside the
+model. With the tiny model (a few ms) the hop alone spans several buckets."""
 
 from __future__ import annotations
 
@@ -12,14 +17,18 @@ import httpx
 import numpy as np
 import pytest
 
+from optimize.audio import synthetic_set
+from optimize.manifest import model_digest, read_manifest
 from serving.metrics import LATENCY_BUCKETS_S, REQUEST_DURATION, exported_name
 from tests.prometheus_server import PrometheusServer
 from tests.serving.conftest import TOKEN, deploy, serving_config
-from tests.serving.test_routing_load import PCM, wait_ready
+from tests.serving.test_routing_load import wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 AUTH = {"authorization": f"Bearer {TOKEN}"}
-PROXY_HOP_S = 0.060
+SECONDS = 4.0
+CLIP = synthetic_set(1, seconds=SECONDS, sample_rate=16_000, seed=8).clips[0]
+LONG_PCM = (np.clip(CLIP, -1, 1) * 32767).astype("<i2").tobytes()
 MODEL = "tiny-prom"  # no other test serves it: its series hold only this test's requests
 
 
@@ -34,7 +43,7 @@ async def timed_load(base: str, count: int, concurrency: int) -> dict[str, list[
                 start = time.perf_counter()
                 r = await client.post(
                     f"{base}/v1/models/{MODEL}:classify",
-                    content=PCM,
+                    content=LONG_PCM,
                     headers=AUTH | {"content-type": "audio/l16;rate=16000"},
                 )
                 elapsed = time.perf_counter() - start
@@ -50,21 +59,30 @@ def bucket_index(seconds: float) -> int:
 
 
 def test_p99_per_pool_from_prometheus_matches_the_load_generator(
-    ray_serve: dict[str, int], tiny_artifacts: Path, token_file: Path, prometheus: PrometheusServer
+    ray_serve: dict[str, int],
+    tiny_artifacts: Path,
+    slow_artifact: Path,
+    token_file: Path,
+    prometheus: PrometheusServer,
 ) -> None:
-    deploy(
-        serving_config(
-            tiny_artifacts,
-            token_file,
-            ports=ray_serve,
-            model=MODEL,
-            fast={"max_ongoing_requests": 1, "max_queued_requests": 0},
-            slow={"max_ongoing_requests": 2, "max_queued_requests": 8},
-        )
+    config = serving_config(
+        tiny_artifacts,
+        token_file,
+        ports=ray_serve,
+        model=MODEL,
+        fast={"max_ongoing_requests": 1, "max_queued_requests": 0},
+        slow={"max_ongoing_requests": 2, "max_queued_requests": 8},
+        routing={"slo_p99_seconds": 5.0},
+        limits={"max_body_bytes": 2**20, "max_audio_seconds": SECONDS, "deadline_seconds": 60.0},
     )
+    ref = {"uri": str(slow_artifact), "sha256": model_digest(read_manifest(slow_artifact))}
+    config["models"][MODEL]["variants"] = {
+        "stable": {"weight": 100, "artifacts": {"fast": ref, "slow": ref}}
+    }
+    deploy(config)
     base = f"http://127.0.0.1:{ray_serve['http']}"
     wait_ready(base, model=MODEL)
-    count = 300
+    count = 80
     measured = asyncio.run(timed_load(base, count=count, concurrency=2))
     assert set(measured) == {"fast", "slow"}  # the load spilled: both pools have data
     bucket = exported_name(REQUEST_DURATION, "_bucket")
@@ -79,23 +97,9 @@ def test_p99_per_pool_from_prometheus_matches_the_load_generator(
     for pool, samples in measured.items():
         client_p99 = float(np.percentile(samples, 99))
         server_p99 = from_prometheus[pool]
-        # The ingress cannot see the HTTP proxy hop in front of it. On this 2-core machine,
-        # with client, proxy, ingress, replicas and Prometheus sharing the cores, that hop
-        # alone measured 25-40 ms at P99 while the tiny model takes a few ms. So: within one
-        # bucket, or within PROXY_HOP_S of the client's P99 (a unit or label mistake would
-        # be off by 1000x or land on the wrong pool).
-        # A fresh-clone CI run saw the slow pool at 153 ms client vs 88 ms server P99 under
-        # that sharing, so the hop allowance also scales with the client's P99.
-        allowance = max(PROXY_HOP_S, 0.5 * client_p99)
+        assert LATENCY_BUCKETS_S[0] < server_p99 < LATENCY_BUCKETS_S[-1], (pool, server_p99)
         gap = abs(bucket_index(client_p99) - bucket_index(server_p99))
-        assert gap <= 1 or abs(client_p99 - server_p99) <= allowance, (
-            pool,
-            client_p99,
-            server_p99,
-        )
-        # The server cannot see more than the client, up to the histogram's resolution
-        # (histogram_quantile interpolates inside a bucket: CI saw 331 ms vs a client 282 ms).
-        assert bucket_index(server_p99) <= bucket_index(client_p99) + 1
+        assert gap <= 1, (pool, client_p99, server_p99)
 
 
 def test_documented_metric_names_are_what_a_scrape_shows(
