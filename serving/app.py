@@ -79,6 +79,11 @@ def _token(config: ServingConfig) -> str | None:
     return None
 
 
+def _ingress_timing(start: float) -> str:
+    """``Server-Timing`` of a request the ingress answered without a result (shed, 504)."""
+    return f"ingress;dur={(time.perf_counter() - start) * 1e3:.1f}"
+
+
 def _route_headers(routed: Routed, start: float) -> dict[str, str]:
     """Where the request went, and where its time went (``Server-Timing``, milliseconds:
     in the ingress in all, waiting on the replica, inside the replica)."""
@@ -193,7 +198,7 @@ class Ingress:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _refuse_if_full(self, router: ModelRouter, variant: str) -> None:
+    def _refuse_if_full(self, router: ModelRouter, variant: str, start: float) -> None:
         """A 503 before the body is read when every pool is full: an overloaded server
         answers fast and spends nothing on a request it will not serve."""
         try:
@@ -201,6 +206,7 @@ class Ingress:
         except ServingError as exc:
             tags = {"model": router.name, "variant": variant, "pool": "none"}
             self._metrics.requests.inc(tags=tags | {"code": str(exc.status_code)})
+            exc.headers["server-timing"] = _ingress_timing(start)
             raise
 
     async def _dispatch(
@@ -220,7 +226,8 @@ class Ingress:
                 tags={"model": router.name, "variant": variant, "pool": "none", "code": "504"}
             )
             raise DeadlineExceeded(
-                f"model {router.name!r}: no result within the {deadline:g} s deadline"
+                f"model {router.name!r}: no result within the {deadline:g} s deadline",
+                headers={"server-timing": _ingress_timing(start)},
             ) from None
         except ServingError as exc:
             tags = {
@@ -230,6 +237,7 @@ class Ingress:
                 "code": str(exc.status_code),
             }
             self._metrics.requests.inc(tags=tags)
+            exc.headers["server-timing"] = _ingress_timing(start)
             raise
         tags = {"model": router.name, "variant": variant, "pool": routed.pool, "code": "200"}
         self._metrics.request_duration.observe(time.perf_counter() - start, tags=tags)
@@ -317,7 +325,7 @@ class Ingress:
         self._authorize(request)
         router = self._router(model)
         variant = self._variant(router, request, pinned)
-        self._refuse_if_full(router, variant)
+        self._refuse_if_full(router, variant, start)
         body = await self._body(request, router)
         raw_length = request.headers.get(HEADER_LENGTH)
         if raw_length is not None and not (raw_length.isascii() and raw_length.isdigit()):
@@ -345,7 +353,7 @@ class Ingress:
         self._authorize(request)
         router = self._router(model)
         variant = self._variant(router, request)
-        self._refuse_if_full(router, variant)
+        self._refuse_if_full(router, variant, start)
         body = await self._body(request, router)
         manifest = self._manifests[model][variant]
         limit = min(router.config.limits.max_audio_seconds, manifest.input.max_seconds)

@@ -162,6 +162,8 @@ def test_sheds_with_503_and_retry_after_when_every_pool_is_full(
     assert set(codes) == {200, 503}, codes
     shed = [r for r in responses if r.status_code == 503]
     assert all(r.headers["retry-after"] == "2" for r in shed)
+    # how long the ingress held each shed request, for whoever chases a slow 503
+    assert all(r.headers["server-timing"].startswith("ingress;dur=") for r in shed)
     assert "every pool is at capacity" in shed[0].json()["error"]
 
 
