@@ -65,7 +65,7 @@ bench: $(ARTIFACTS)/int8/manifest.json  ## build the default artifacts if missin
 
 bench-serve: $(ARTIFACTS)/int8/manifest.json  ## serving overhead vs a no-op Serve app; open-loop overload with/without spillover
 	mkdir -p bench-results
-	set -o pipefail; $(BIN)/python -m serving.bench --artifacts $(ARTIFACTS) | tee bench-results/serve.md
+	set -o pipefail; $(BIN)/python -m serving.bench --artifacts $(ARTIFACTS) | grep -v '(raylet)' | tee bench-results/serve.md
 
 PORT ?= 8000
 serve: $(ARTIFACTS)/int8/manifest.json  ## build the default artifacts if missing, serve them on localhost:$(PORT)
