@@ -7,6 +7,7 @@ sluiceway deploy status  --release sw --namespace ml --prometheus http://127.0.0
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,16 @@ from deploy.values import PoolArtifact, chart_values, write_values
 app = typer.Typer(help="Values from artifacts, latency-gated rollouts, cluster status.")
 
 
-def rayservice_name(release: str) -> str:
-    """The chart's full name for a release (templates/_helpers.tpl sluiceway.fullname)."""
-    return release[:63] if "sluiceway" in release else f"{release}-sluiceway"[:63].rstrip("-")
+def rayservice_name(release: str, values: Mapping[str, Any] | None = None) -> str:
+    """The RayService's name: the chart's full name for a release with these values
+    (templates/_helpers.tpl ``sluiceway.fullname``, ``nameOverride``/``fullnameOverride``
+    included)."""
+    values = values or {}
+    if values.get("fullnameOverride"):
+        return str(values["fullnameOverride"])[:63].rstrip("-")
+    name = str(values.get("nameOverride") or "sluiceway")
+    full = release if name in release else f"{release}-{name}"
+    return full[:63].rstrip("-")
 
 
 def _pools(artifacts: Path, specs: list[str]) -> dict[str, PoolArtifact]:
@@ -96,9 +104,10 @@ class HelmTarget:
         self._cluster = Cluster.from_kubeconfig()
         history = helm.history(release, namespace)  # ReleaseNotFound before anything changes
         self._revision = int(history[-1]["revision"])
+        self._name = rayservice_name(release, helm.get_values(release, namespace))
 
     def _wait(self) -> None:
-        self._cluster.wait_ready(self._namespace, rayservice_name(self._release), self._timeout_s)
+        self._cluster.wait_ready(self._namespace, self._name, self._timeout_s)
 
     def apply(self, values: dict[str, Any], step: int) -> None:
         path = write_temp_values(values)
@@ -113,6 +122,7 @@ class HelmTarget:
             )
         finally:
             path.unlink(missing_ok=True)
+        self._name = rayservice_name(self._release, values)
         self._wait()
 
     def rollback(self) -> None:
@@ -191,13 +201,14 @@ def status_command(
     from deploy.cluster import Cluster
 
     cluster = Cluster.from_kubeconfig()
-    status = cluster.rayservice(namespace, rayservice_name(release))
+    helm = Helm.find()
+    release_values = helm.get_values(release, namespace)
+    status = cluster.rayservice(namespace, rayservice_name(release, release_values))
     typer.echo(status.describe())
     if status.cluster_name:
         for group, count in sorted(cluster.pods_per_group(namespace, status.cluster_name).items()):
             typer.echo(f"  pods running in {group}: {count}")
-    helm = Helm.find()
-    serving = helm.get_values(release, namespace).get("serving", {})
+    serving = release_values.get("serving", {})
     models = serving.get("models", {})
     for name, spec in sorted(models.items()):
         weights = ", ".join(

@@ -95,6 +95,31 @@ def test_template_renders_generated_values(helm: Helm, values_file: Path) -> Non
     assert service["metadata"]["name"] == "demo-sluiceway"
 
 
+@pytest.mark.parametrize(
+    ("release", "overrides"),
+    [
+        ("demo", {}),
+        ("sluiceway-prod", {}),  # the chart's name already in the release: not repeated
+        ("demo", {"nameOverride": "asr"}),
+        ("asr-eu", {"nameOverride": "asr"}),
+        ("demo", {"fullnameOverride": "speech-serving"}),
+        ("r" * 53, {"nameOverride": "abcdefgh-z"}),  # cut at 63 characters, then its "-"
+    ],
+)
+def test_the_cli_finds_the_rayservice_the_chart_names(
+    helm: Helm, values_file: Path, tmp_path: Path, release: str, overrides: dict[str, str]
+) -> None:
+    """`deploy rollout` / `status` wait on the RayService by name: the same name as the
+    chart renders, whatever name overrides the release was installed with."""
+    from deploy.cli import rayservice_name
+
+    extra = tmp_path / "overrides.yaml"
+    extra.write_text(yaml.safe_dump(overrides))
+    rendered = helm.template(release, DEFAULT_CHART, [values_file, extra], "ml")
+    service = next(d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "RayService")
+    assert rayservice_name(release, overrides) == service["metadata"]["name"]
+
+
 def test_template_failure_carries_helms_stderr(helm: Helm) -> None:
     with pytest.raises(HelmFailed, match=r"serving.models is empty") as caught:
         helm.template("demo", DEFAULT_CHART, [], "ml")  # the chart's defaults have no model
