@@ -22,20 +22,15 @@ import pytest
 
 from deploy.canary import CanaryPolicy, Decision, PrometheusClient
 from deploy.rollout import Plan, run
-from optimize.manifest import model_digest, read_manifest
 from tests.conftest import TOKEN
 from tests.prometheus_server import PrometheusServer
-from tests.serving.conftest import deploy
+from tests.serving.conftest import artifact, deploy
 from tests.serving.test_routing_load import PCM, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 WINDOW_S = 30
 POLICY = CanaryPolicy(min_requests=20)
-
-
-def ref(directory: Path) -> dict[str, str]:
-    return {"uri": str(directory), "sha256": model_digest(read_manifest(directory))}
 
 
 def chart_values(
@@ -50,7 +45,7 @@ def chart_values(
                     "variants": {
                         name: {
                             "weight": 100 if name == names[0] else 0,
-                            "artifacts": {"fast": ref(path)},
+                            "artifacts": {"fast": artifact(path)},
                         }
                         for name, path in variants.items()
                     },

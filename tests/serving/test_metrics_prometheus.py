@@ -18,10 +18,9 @@ import numpy as np
 import pytest
 
 from optimize.audio import synthetic_set
-from optimize.manifest import model_digest, read_manifest
 from serving.metrics import LATENCY_BUCKETS_S, REQUEST_DURATION, exported_name
 from tests.prometheus_server import PrometheusServer
-from tests.serving.conftest import TOKEN, deploy, serving_config
+from tests.serving.conftest import TOKEN, artifact, deploy, serving_config
 from tests.serving.test_routing_load import wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -75,7 +74,7 @@ def test_p99_per_pool_from_prometheus_matches_the_load_generator(
         routing={"slo_p99_seconds": 5.0},
         limits={"max_body_bytes": 2**20, "max_audio_seconds": SECONDS, "deadline_seconds": 60.0},
     )
-    ref = {"uri": str(slow_artifact), "sha256": model_digest(read_manifest(slow_artifact))}
+    ref = artifact(slow_artifact)
     config["models"][MODEL]["variants"] = {
         "stable": {"weight": 100, "artifacts": {"fast": ref, "slow": ref}}
     }
