@@ -207,53 +207,36 @@ class ModelRouter:
         response.cancel()
         raise PoolLost(pool)
 
-    async def _wait_for_update(self, pool: str, variant: str, inputs: dict[str, Any]) -> Routed:
-        """Send to ``pool`` while Serve replaces its replicas, and wait for the answer."""
-        stats = self.stats[pool]
-        stats.started()
-        start = self._clock()
-        response: Any = None
-        try:
-            response = self._handles[pool].infer.remote(variant, inputs)
-            outputs, replica_s = await response
-        except REPLICA_LOST as exc:
+    def _last_resort(self, tried: set[str]) -> str:
+        """No pool fits: shed while any is healthy. With every pool lost, a pool whose
+        replicas Serve is replacing (a redeploy with one replica leaves a moment with none)
+        still serves: Serve holds the request until a new replica runs, within the deadline.
+        """
+        if any(self.stats[p].healthy for p in self.order):
+            raise self._shed()
+        pool = next((p for p in self.order if self._updating[p] and p not in tried), None)
+        if pool is None:
             raise ModelUnavailable(
-                f"model {self.name!r}: pool {pool!r} is being updated and its new replica "
-                f"failed ({type(exc).__name__}); retry later",
+                f"model {self.name!r} has no healthy replica in any pool; retry later",
                 headers={"retry-after": str(self.config.routing.retry_after_seconds)},
-            ) from exc
-        except asyncio.CancelledError:
-            if response is not None:
-                response.cancel()
-            raise
-        finally:
-            stats.finished(None)
-        latency = self._clock() - start
-        reason = Reason.PRIMARY if pool == self.order[0] else Reason.FAILOVER
-        return Routed(outputs, pool, variant, reason, dispatch_s=latency, replica_s=replica_s)
+            )
+        return pool
 
     async def infer(self, variant: str, inputs: dict[str, Any]) -> Routed:
         """Dispatch to a pool; on a lost replica or Ray back-pressure try the next one."""
         lost: set[str] = set()
         full: set[str] = set()
-        waited: set[str] = set()
+        updating: set[str] = set()  # pools tried while Serve replaces their replicas
         while True:
             decision = self.policy.choose(self.views(lost, full))
-            if decision.pool is None:
-                if all(not self.stats[p].healthy for p in self.order):
-                    waiting = next((p for p in self.order if self._updating[p]), None)
-                    if waiting is not None and waiting not in waited:
-                        # Serve is replacing the pool's replicas (a redeploy with one
-                        # replica leaves a moment with none): Serve holds the request until
-                        # a new replica runs, within the model's deadline.
-                        waited.add(waiting)
-                        return await self._wait_for_update(waiting, variant, inputs)
-                    raise ModelUnavailable(
-                        f"model {self.name!r} has no healthy replica in any pool; retry later",
-                        headers={"retry-after": str(self.config.routing.retry_after_seconds)},
-                    )
-                raise self._shed()
             pool = decision.pool
+            if pool is None:
+                pool = self._last_resort(updating)
+                updating.add(pool)
+                reason = Reason.PRIMARY if pool == self.order[0] else Reason.FAILOVER
+                decision = Decision(pool, reason)
+            # A pool being updated is already marked lost: wait on Serve, not on that mark.
+            waiting = pool in updating
             stats = self.stats[pool]
             stats.started()
             self._metrics.inflight.set(stats.inflight, tags={"model": self.name, "pool": pool})
@@ -262,13 +245,15 @@ class ModelRouter:
             latency: float | None = None
             try:
                 response = self._handles[pool].infer.remote(variant, inputs)
-                outputs, replica_s = await self._unless_lost(pool, response)
+                answer = response if waiting else self._unless_lost(pool, response)
+                outputs, replica_s = await answer
                 latency = self._clock() - start
             except BackPressureError:  # Ray's own queue limit: the pool is full
                 full.add(pool)
                 continue
             except REPLICA_LOST as exc:
-                self.mark_lost(pool, f"{type(exc).__name__} while serving")
+                if not waiting:
+                    self.mark_lost(pool, f"{type(exc).__name__} while serving")
                 lost.add(pool)
                 continue
             except PoolLost:
@@ -278,8 +263,8 @@ class ModelRouter:
                 if response is not None:
                     response.cancel()
                 raise
-            finally:
-                stats.finished(latency)
+            finally:  # a wait for new replicas is not the pool's service time
+                stats.finished(None if waiting else latency)
                 self._metrics.inflight.set(stats.inflight, tags={"model": self.name, "pool": pool})
             self._record_spill(decision)
             self.policy.on_completed(decision, latency)
