@@ -71,6 +71,10 @@ def test_a_valid_config_loads_from_yaml(tmp_path: Path) -> None:
             lambda c: c["pools"]["cpu"].update(replicas={"min": 0, "max": 2}),
             "pools.cpu.replicas.min: Input should be greater than or equal to 1",
         ),
+        (
+            lambda c: c["pools"]["cpu"].update(nice=20),
+            "pools.cpu.nice: Input should be less than or equal to 19",
+        ),
     ],
 )
 def test_bad_configs_name_the_field(mutate: Any, message: str) -> None:
