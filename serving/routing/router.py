@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import grpc
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayError
 from ray.serve.exceptions import (
     BackPressureError,
@@ -31,7 +32,11 @@ from serving.routing.variants import VariantSplitter
 
 logger = logging.getLogger(__name__)
 
+# A replica that cannot be reached or died under a request. Handles call replicas over
+# gRPC (see ``serving.app.direct``): Serve maps UNAVAILABLE to ActorUnavailableError and
+# raises any other transport failure as grpc's own error.
 REPLICA_LOST: tuple[type[BaseException], ...] = (
+    grpc.aio.AioRpcError,
     ActorDiedError,
     ActorUnavailableError,
     RayActorError,
