@@ -224,7 +224,7 @@ async def open_loop(base: str, clip: np.ndarray, rate: float, seconds: float) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--artifacts", type=Path, required=True)
-    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=120)
     parser.add_argument("--load-seconds", type=float, default=40.0)
     parser.add_argument("--port", type=int, default=8123)
     args = parser.parse_args()
