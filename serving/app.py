@@ -14,6 +14,7 @@ import hmac
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -87,7 +88,46 @@ def direct(handles: dict[str, DeploymentHandle]) -> dict[str, DeploymentHandle]:
     p50 7.1 ms as an actor task, 4.3 ms over gRPC. A replica that dies answers UNAVAILABLE,
     which Serve raises as ``ActorUnavailableError``: the router fails over as before.
     """
-    return {pool: handle.options(_by_reference=False) for pool, handle in handles.items()}
+    try:
+        return {pool: handle.options(_by_reference=False) for pool, handle in handles.items()}
+    except TypeError:  # a Ray before gRPC transport: actor tasks
+        return handles
+
+
+@dataclass(frozen=True)
+class DeploymentState:
+    running: int  # replicas RUNNING
+    updating: bool  # Serve is rolling out new replicas
+
+
+def deployment_states(app: str) -> dict[str, DeploymentState]:
+    """Every deployment of ``app``: its running replicas, and whether it is updating.
+
+    Read from the controller's instance details as a plain dict (the schema of Serve's REST
+    API, ``GET /api/serve/applications/``) rather than through ``serve.status()``, which
+    builds pydantic models from the same dict: measured on 2 cores, 62 ms of CPU per call
+    against 1.6 ms. The ingress polls once a second, and those 62 ms held the GIL its event
+    loop needs (a shed request spent up to 23 ms in the ingress at p99 under load).
+    """
+    try:
+        from ray.serve.context import _get_global_client
+
+        details = _get_global_client().get_serve_details()
+    except (ImportError, AttributeError):  # a Ray without this client: the public API
+        status = serve.status().applications[app].deployments
+        return {
+            name: DeploymentState(
+                int(d.replica_states.get("RUNNING", 0)), d.status == DeploymentStatus.UPDATING
+            )
+            for name, d in status.items()
+        }
+    return {
+        name: DeploymentState(
+            sum(1 for r in d.get("replicas", ()) if r.get("state") == "RUNNING"),
+            d.get("status") == DeploymentStatus.UPDATING,
+        )
+        for name, d in details["applications"][app]["deployments"].items()
+    }
 
 
 def _ingress_timing(start: float) -> str:
@@ -152,8 +192,7 @@ class Ingress:
     async def _refresh_from_status(self) -> None:
         """Replica counts per pool from Serve's controller (advisory: skipped if unavailable)."""
         try:
-            status = await asyncio.to_thread(serve.status)
-            deployments = status.applications[APP_NAME].deployments
+            deployments = await asyncio.to_thread(deployment_states, APP_NAME)
         except (KeyError, RayServeException, RayError) as exc:
             logger.debug("serve status unavailable: %s", exc)
             return
@@ -161,11 +200,7 @@ class Ingress:
             for pool in router.order:
                 state = deployments.get(replica_deployment_name(router.name, pool))
                 if state is not None:
-                    router.set_running_replicas(
-                        pool,
-                        int(state.replica_states.get("RUNNING", 0)),
-                        updating=state.status == DeploymentStatus.UPDATING,
-                    )
+                    router.set_running_replicas(pool, state.running, updating=state.updating)
 
     async def _watch_pools(self) -> None:
         """Follow Serve's replica states; probe failed pools until they answer."""

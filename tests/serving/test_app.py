@@ -218,3 +218,20 @@ def test_a_token_is_required_except_for_health(server: str) -> None:
     wrong = httpx.get(f"{server}/v1/models", headers={"authorization": "Bearer nope"}, timeout=30)
     assert wrong.status_code == 401
     assert json.loads(wrong.text)["error"].startswith("missing or wrong bearer token")
+
+
+def test_the_ingress_reads_the_replica_states_serve_status_reports(server: str) -> None:
+    """The ingress polls replica states the cheap way (a plain dict, not ``serve.status()``'s
+    pydantic models); both must say the same."""
+    from ray import serve
+
+    from serving.app import APP_NAME, DeploymentState, deployment_states
+    from serving.config import replica_deployment_name
+
+    states = deployment_states(APP_NAME)
+    public = serve.status().applications[APP_NAME].deployments
+    assert set(states) == set(public)
+    for name, deployment in public.items():
+        running = int(deployment.replica_states.get("RUNNING", 0))
+        assert states[name] == DeploymentState(running, deployment.status == "UPDATING"), name
+    assert states[replica_deployment_name("tiny", "fast")].running >= 1
