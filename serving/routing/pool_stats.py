@@ -5,11 +5,10 @@ State is small and explicit; the clock is injected so tests drive time.
 
 from __future__ import annotations
 
+import statistics
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import numpy as np
 
 Clock = Callable[[], float]
 
@@ -50,6 +49,7 @@ class PoolStats:
         self.healthy = True
         self.unhealthy_since: float | None = None
         self._latencies: deque[float] = deque(maxlen=window)
+        self._service_s: float | None = None  # median of _latencies, kept up to date
         self._clock = clock
 
     def started(self) -> None:
@@ -60,6 +60,9 @@ class PoolStats:
         self.inflight = max(0, self.inflight - 1)
         if latency_s is not None:
             self._latencies.append(latency_s)
+            # Once per finished request here, not once per decision in view(): every
+            # request asks for a view of each pool twice (shed check, then routing).
+            self._service_s = statistics.median(self._latencies)
 
     def mark_unhealthy(self) -> None:
         if self.healthy:
@@ -74,12 +77,11 @@ class PoolStats:
         self.capacity = max(0, capacity)
 
     def view(self) -> PoolView:
-        service = float(np.median(self._latencies)) if self._latencies else None
         return PoolView(
             name=self.name,
             healthy=self.healthy and self.capacity > 0,
             inflight=self.inflight,
             capacity=self.capacity,
             queue_limit=self.queue_limit,
-            service_time_s=service,
+            service_time_s=self._service_s,
         )
