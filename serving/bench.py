@@ -167,11 +167,15 @@ def overhead(base: str, model: Path, clip: np.ndarray, rounds: int) -> dict[str,
     # Rounds are paired (raw, ours, no-op back to back): the median of per-round
     # differences cancels the machine's drift that a difference of medians keeps.
     paired = float(np.median(np.subtract(ours, raw) - np.asarray(noop)))
+    # Around the very inference the request ran (the replica's own span), free of the
+    # difference between the replica's and this process's inference times.
+    around = float(np.median(np.subtract(ours, spans["replica"]) - np.asarray(noop)))
     return p50 | {
         "ours_overhead": p50["ours"] - p50["raw"],
         "noop_overhead": p50["noop"],
         "excess": p50["ours"] - p50["raw"] - p50["noop"],
         "excess_paired": paired,
+        "excess_around": around,
         "proxy_hop": float(np.median(np.subtract(ours, spans["ingress"]))),
         "in_ingress": float(np.median(np.subtract(spans["ingress"], spans["dispatch"]))),
         "replica_hop": float(np.median(np.subtract(spans["dispatch"], spans["replica"]))),
@@ -259,12 +263,17 @@ def main() -> None:
         print(
             f"| | {cost['raw'] * 1e3:.1f} | {cost['ours'] * 1e3:.1f} | {cost['noop'] * 1e3:.1f} |"
         )
-        met = "met" if cost["excess"] <= OVERHEAD_GOAL_S else "NOT met"
+        # The difference of two ~440 ms medians moves by several ms from run to run (one
+        # run gave 0.7 ms, the next 14 ms): "met" needs the estimate around the replica's
+        # own inference time too, which does not move with the raw run's luck.
+        met = "met" if max(cost["excess"], cost["excess_around"]) <= OVERHEAD_GOAL_S else "NOT met"
         print(
             f"\nSluiceway overhead (HTTP - raw): {cost['ours_overhead'] * 1e3:.1f} ms; "
             f"no-op app: {cost['noop_overhead'] * 1e3:.1f} ms; excess "
-            f"{cost['excess'] * 1e3:.1f} ms (goal <= {OVERHEAD_GOAL_S * 1e3:g} ms: {met}); "
-            f"median of paired rounds: {cost['excess_paired'] * 1e3:.1f} ms\n"
+            f"{cost['excess'] * 1e3:.1f} ms; median of paired rounds: "
+            f"{cost['excess_paired'] * 1e3:.1f} ms; around the replica's own inference time "
+            f"(HTTP - replica span - no-op, paired): {cost['excess_around'] * 1e3:.1f} ms "
+            f"(goal <= {OVERHEAD_GOAL_S * 1e3:g} ms for both the excess and this: {met})\n"
         )
         print(
             "Where it goes (medians of Server-Timing spans): HTTP proxy hop "
