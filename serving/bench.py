@@ -3,7 +3,8 @@
 1. Overhead: batch-1 v2 binary requests (one 3 s clip) to Sluiceway, raw ONNX Runtime on
    the same artifact in this process, and the same bytes to a no-op Serve deployment,
    interleaved. Sluiceway's overhead (HTTP p50 - raw p50) is compared with the no-op app's
-   (its HTTP p50).
+   (its HTTP p50). A no-op relay (proxy -> ingress -> a replica with no model, the same
+   transport and tensor) shows what the second Serve hop alone costs on this machine.
 2. Open-loop load (Poisson arrivals) at 2x the fast pool's measured capacity, first with
    spillover (fast pool, then slow pool), then a no-spillover baseline (fast pool only);
    P50/P99 of served requests against the SLO, and how fast shed requests are answered.
@@ -25,11 +26,12 @@ from typing import Any
 import httpx
 import numpy as np
 import onnxruntime as ort
+from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
 from optimize.manifest import MODEL_FILE, model_digest, read_manifest
-from serving.app import APP_NAME
+from serving.app import APP_NAME, direct
 from serving.config import PoolConfig, parse_config
 from serving.replica import inference_executor
 from serving.server import QUIET_LOGS, apply_ray_env, build_app
@@ -46,6 +48,31 @@ class NoOp:
     async def __call__(self, request: Request) -> Response:
         await request.body()
         return Response(b'{"model_name":"noop","outputs":[]}', media_type="application/json")
+
+
+class NoModel:
+    """Shaped like a replica with no model: tensors in, a small output out, no time inside."""
+
+    async def infer(
+        self, variant: str, inputs: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], float]:
+        return {"logits": np.zeros((1, 2), dtype=np.float32)}, 0.0
+
+
+class Relay:
+    """The same two Serve hops as Sluiceway (HTTP proxy -> ingress -> replica, over the same
+    transport, with the same tensor) and nothing else: no routing, checks, model or encoding.
+    The floor that one deployment per (model, pool) behind an ingress sets on this machine.
+    """
+
+    def __init__(self, model: DeploymentHandle) -> None:
+        self._model = direct({"model": model})["model"]
+
+    async def __call__(self, request: Request) -> Response:
+        body = await request.body()
+        tensor = np.frombuffer(body, dtype="<f4", offset=int(request.headers[HEADER]))
+        await self._model.infer.remote("v", {"input_values": tensor[None, :]})
+        return Response(b'{"model_name":"relay","outputs":[]}', media_type="application/json")
 
 
 def v2_body(clip: np.ndarray) -> tuple[bytes, dict[str, str]]:
@@ -124,7 +151,8 @@ def wait_healthy(base: str, pools: int, deadline_s: float = 120.0) -> None:
 
 
 def overhead(base: str, model: Path, clip: np.ndarray, rounds: int) -> dict[str, float]:
-    """p50s of raw ONNX Runtime, Sluiceway and the no-op app, interleaved round by round.
+    """p50s of raw ONNX Runtime, Sluiceway, the no-op app and the relay, interleaved round
+    by round.
 
     Raw ONNX Runtime runs as a replica does: one thread, at the replica's ``nice``.
     """
@@ -143,12 +171,13 @@ def overhead(base: str, model: Path, clip: np.ndarray, rounds: int) -> dict[str,
         return time.perf_counter() - t
 
     body, headers = v2_body(clip)
-    raw, ours, noop = [], [], []
+    raw, ours, noop, relay = [], [], [], []
     spans: dict[str, list[float]] = {"ingress": [], "dispatch": [], "replica": []}
     with httpx.Client(timeout=60) as client:
         for _ in range(3):  # warm-up
             client.post(f"{base}/v2/models/w2v/infer", content=body, headers=headers)
             client.post(f"{base}/noop", content=body, headers=headers)
+            client.post(f"{base}/relay", content=body, headers=headers)
         for _ in range(rounds):
             raw.append(executor.submit(timed_run).result())
             t = time.perf_counter()
@@ -161,21 +190,29 @@ def overhead(base: str, model: Path, clip: np.ndarray, rounds: int) -> dict[str,
             t = time.perf_counter()
             client.post(f"{base}/noop", content=body, headers=headers)
             noop.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            r = client.post(f"{base}/relay", content=body, headers=headers)
+            relay.append(time.perf_counter() - t)
+            assert r.status_code == 200, r.text
     executor.shutdown()
-    series = {"raw": raw, "ours": ours, "noop": noop} | spans
+    series = {"raw": raw, "ours": ours, "noop": noop, "relay": relay} | spans
     p50 = {k: float(np.median(v)) for k, v in series.items()}
     # Rounds are paired (raw, ours, no-op back to back): the median of per-round
     # differences cancels the machine's drift that a difference of medians keeps.
     paired = float(np.median(np.subtract(ours, raw) - np.asarray(noop)))
     # Around the very inference the request ran (the replica's own span), free of the
     # difference between the replica's and this process's inference times.
-    around = float(np.median(np.subtract(ours, spans["replica"]) - np.asarray(noop)))
+    outside = np.subtract(ours, spans["replica"])
+    around = float(np.median(outside - np.asarray(noop)))
     return p50 | {
         "ours_overhead": p50["ours"] - p50["raw"],
         "noop_overhead": p50["noop"],
         "excess": p50["ours"] - p50["raw"] - p50["noop"],
         "excess_paired": paired,
         "excess_around": around,
+        # What the second Serve hop itself costs, and what Sluiceway adds on top of it.
+        "second_hop": float(np.median(np.subtract(relay, noop))),
+        "over_relay": float(np.median(outside - np.asarray(relay))),
         "proxy_hop": float(np.median(np.subtract(ours, spans["ingress"]))),
         "in_ingress": float(np.median(np.subtract(spans["ingress"], spans["dispatch"]))),
         "replica_hop": float(np.median(np.subtract(spans["dispatch"], spans["replica"]))),
@@ -253,15 +290,27 @@ def main() -> None:
             route_prefix="/noop",
             logging_config=QUIET_LOGS,
         )
+        no_model = serve.deployment(NoModel).options(ray_actor_options={"num_cpus": 0})
+        relay = serve.deployment(Relay).options(ray_actor_options={"num_cpus": 0})
+        serve.run(
+            relay.bind(no_model.bind()),
+            name="relay",
+            route_prefix="/relay",
+            logging_config=QUIET_LOGS,
+        )
         deploy(config(args.artifacts, args.port, ["fast", "slow"], slo_s=10.0))
         cost = overhead(base, args.artifacts / "int8" / MODEL_FILE, clip, args.rounds)
         capacity = 1.0 / cost["raw"]  # the fast pool: one replica, one request at a time
         slo = 3.0 * cost["ours"]
         print("# bench-serve: wav2vec2 int8, 3 s clip, CPU\n")
-        print("| p50 (ms) | raw ONNX Runtime | Sluiceway HTTP | no-op Serve HTTP |")
-        print("|---|---|---|---|")
         print(
-            f"| | {cost['raw'] * 1e3:.1f} | {cost['ours'] * 1e3:.1f} | {cost['noop'] * 1e3:.1f} |"
+            "| p50 (ms) | raw ONNX Runtime | Sluiceway HTTP | no-op Serve HTTP | "
+            "no-op relay (two Serve hops) HTTP |"
+        )
+        print("|---|---|---|---|---|")
+        print(
+            f"| | {cost['raw'] * 1e3:.1f} | {cost['ours'] * 1e3:.1f} | {cost['noop'] * 1e3:.1f} "
+            f"| {cost['relay'] * 1e3:.1f} |"
         )
         # The difference of two ~440 ms medians moves by several ms from run to run (one
         # run gave 0.7 ms, the next 14 ms): "met" needs the estimate around the replica's
@@ -280,6 +329,12 @@ def main() -> None:
             f"{cost['proxy_hop'] * 1e3:.1f} ms, in the ingress {cost['in_ingress'] * 1e3:.1f} ms, "
             f"ingress -> replica -> ingress {cost['replica_hop'] * 1e3:.1f} ms, "
             f"inside the replica {cost['replica'] * 1e3:.1f} ms\n"
+        )
+        print(
+            "The second Serve hop alone (no-op relay - no-op app, paired): "
+            f"{cost['second_hop'] * 1e3:.1f} ms; Sluiceway's routing, checks and protocol on "
+            "top of the relay (HTTP - replica span - relay, paired): "
+            f"{cost['over_relay'] * 1e3:.1f} ms\n"
         )
         rate = 2.0 * capacity
         rows = {}
