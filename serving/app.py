@@ -89,10 +89,7 @@ def direct(handles: dict[str, DeploymentHandle]) -> dict[str, DeploymentHandle]:
     p50 7.1 ms as an actor task, 4.3 ms over gRPC. A replica that dies answers UNAVAILABLE,
     which Serve raises as ``ActorUnavailableError``: the router fails over as before.
     """
-    try:
-        return {pool: handle.options(_by_reference=False) for pool, handle in handles.items()}
-    except TypeError:  # a Ray before gRPC transport: actor tasks
-        return handles
+    return {pool: handle.options(_by_reference=False) for pool, handle in handles.items()}
 
 
 @dataclass(frozen=True)
