@@ -13,6 +13,7 @@ the command so that the CLI root starts fast.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -56,6 +57,7 @@ def serve(
         f"  models: GET {base}/v1/models   docs: {base}/docs   "
         f"metrics: http://127.0.0.1:{settings.metrics.export_port}/metrics"
     )
+    sys.stdout.flush()  # piped (a log, a supervisor), the endpoints must show now, not at exit
     stopped = threading.Event()
 
     def _stop(_signum: int, _frame: FrameType | None) -> None:

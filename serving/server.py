@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections import defaultdict
 from typing import Any
 
@@ -41,8 +42,29 @@ RAY_ENV = {
     # 5.8 ms (its body read no longer goes back to the proxy), shed 503s answered at
     # p99 18-25 / max 20-43 ms against 42-64 / 54-80 ms under 2x overload.
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # A replaced ingress replica stays open this long so that the load balancers in front
+    # deregister it first. Serve's default, 30 s, is for external ones (a cloud LB aimed
+    # at replica ports); here only HAProxy is in front, reconfigured by Serve within a
+    # second or two, and it retries refused connections. Every rollout step replaces the
+    # ingress (its config changes): 30 s made each step ~30 s longer.
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
     "RAY_USAGE_STATS_ENABLED": "0",
 }
+
+
+def pick_local_haproxy_ports() -> None:
+    """Free ports for HAProxy's stats page and metrics on a one-machine cluster.
+
+    Serve opens them on every interface at fixed ports (8404, 9101) unless told otherwise:
+    a second local cluster, or anything else on those ports, would stop HAProxy from
+    starting, and with it all HTTP. Values already set win (a cluster's pods keep the
+    defaults, where one HAProxy runs per pod).
+    """
+    for key in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+        if key not in os.environ:
+            with socket.socket() as probe:
+                probe.bind(("", 0))
+                os.environ[key] = str(probe.getsockname()[1])
 
 
 def apply_ray_env() -> None:
@@ -120,6 +142,7 @@ def start(
         if address:
             ray.init(address=address, logging_level=logging.WARNING)
         else:
+            pick_local_haproxy_ports()
             ray.init(
                 num_cpus=num_cpus,
                 resources=local_resources(config),
