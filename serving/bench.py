@@ -34,7 +34,7 @@ from optimize.manifest import MODEL_FILE, model_digest, read_manifest
 from serving.app import APP_NAME, direct
 from serving.config import PoolConfig, parse_config
 from serving.replica import inference_executor
-from serving.server import QUIET_LOGS, apply_ray_env, build_app
+from serving.server import QUIET_LOGS, apply_ray_env, build_app, pick_local_haproxy_ports
 
 HEADER = "inference-header-content-length"
 NICE = 19  # below the proxy and ingress, which Ray runs at 15
@@ -270,6 +270,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8123)
     args = parser.parse_args()
     apply_ray_env()
+    pick_local_haproxy_ports()
     import ray
     from ray import serve
 
