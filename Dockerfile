@@ -32,7 +32,8 @@ USER 1000:100
 WORKDIR /home/ray/sluiceway
 
 # What `pip install` needs and nothing more: serving imports optimize/manifest.py (stdlib +
-# pydantic), and setuptools packages all four packages (pyproject's packages.find).
+# pydantic) and optimize/audio.py (numpy, soundfile, scipy: in the serving extra), and
+# setuptools packages all four packages (pyproject's packages.find).
 COPY --chown=1000:100 pyproject.toml README.md ./
 COPY --chown=1000:100 optimize/ optimize/
 COPY --chown=1000:100 serving/ serving/

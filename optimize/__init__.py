@@ -1,7 +1,7 @@
 """Checkpoint -> verified, measured ONNX artifacts.
 
-The manifest, gates and errors import without torch (serving and deploy use them); the
-builders (``build_artifacts``, ``run_bench``, ...) load torch on first use.
+The manifest, gates, errors and audio helpers import without torch (serving and deploy use
+them); the builders (``build_artifacts``, ``run_bench``, ...) load torch on first use.
 """
 
 from __future__ import annotations

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import io
-from math import gcd
 
 import numpy as np
 import soundfile
 from numpy.typing import NDArray
-from scipy.signal import resample_poly
 
+from optimize.audio import resample
 from serving.errors import BadRequest, PayloadTooLarge
 
 PCM_TYPES = {"audio/l16": "<i2", "audio/pcm": "<i2", "audio/pcm-f32le": "<f4"}
-
-
-def _resample(wave: NDArray[np.float32], rate: int, target: int) -> NDArray[np.float32]:
-    if rate == target:
-        return wave
-    g = gcd(rate, target)
-    return np.asarray(resample_poly(wave, target // g, rate // g), dtype=np.float32)
 
 
 def decode_audio(
@@ -59,4 +51,4 @@ def decode_audio(
         raise PayloadTooLarge(f"audio is {seconds:.1f} s long; the limit is {max_seconds:g} s")
     if samples.shape[0] == 0:
         raise BadRequest("the audio holds no samples")
-    return _resample(samples, int(rate), sample_rate)
+    return resample(samples, int(rate), sample_rate)
