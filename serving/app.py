@@ -33,6 +33,7 @@ from serving.config import ServingConfig, replica_deployment_name
 from serving.errors import (
     BadRequest,
     DeadlineExceeded,
+    ModelUnavailable,
     PayloadTooLarge,
     ServingError,
     Unauthorized,
@@ -47,7 +48,8 @@ from serving.protocols.v2 import (
     model_metadata,
     parse_infer_request,
 )
-from serving.routing.router import ModelRouter, Routed
+from serving.routing.pool_stats import ReplicaState
+from serving.routing.router import REPLICA_LOST, ModelRouter, Routed
 from serving.routing.variants import PIN_HEADER
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,9 @@ logger = logging.getLogger(__name__)
 APP_NAME = "sluiceway"
 
 STATUS_POLL_SECONDS = 1.0
+# How often the ingress looks for stalled replicas, at most (a quarter of the stall bound
+# when that is shorter): a hung replica's requests go elsewhere soon after the bound.
+STALL_CHECK_SECONDS = 0.25
 
 api = FastAPI(
     title="Sluiceway",
@@ -94,7 +99,7 @@ def direct(handle: DeploymentHandle) -> DeploymentHandle:
 
 @dataclass(frozen=True)
 class DeploymentState:
-    running: int  # replicas RUNNING
+    running: tuple[str, ...]  # ids of the replicas RUNNING
     updating: bool  # Serve is rolling out new replicas
 
 
@@ -111,7 +116,7 @@ def deployment_states(app: str) -> dict[str, DeploymentState]:
     details = _get_global_client().get_serve_details()
     return {
         name: DeploymentState(
-            sum(1 for r in d["replicas"] if r["state"] == "RUNNING"),
+            tuple(r["replica_id"] for r in d["replicas"] if r["state"] == "RUNNING"),
             d["status"] == DeploymentStatus.UPDATING,
         )
         for name, d in details["applications"][app]["deployments"].items()
@@ -196,15 +201,49 @@ class Ingress:
                 if state is not None:
                     router.set_running_replicas(pool, state.running, updating=state.updating)
 
+    def _report_load(self) -> None:
+        """Each pool's load as this ingress sees it (a gauge: sampled, not per request)."""
+        for router in self._routers.values():
+            for view in router.views(set(), set()):
+                tags = {"model": router.name, "pool": view.name}
+                self._metrics.inflight.set(view.held, tags=tags)
+
+    async def _probe(self) -> None:
+        """Probe failed pools, and stalled or lost replicas, until they answer."""
+        probes = []
+        for router in self._routers.values():
+            for pool in router.order:
+                stats = router.stats[pool]
+                if not stats.healthy:
+                    probes.append(router.probe(pool))
+                probes.extend(
+                    router.probe_replica(pool, r.id)
+                    for r in stats.replicas.values()
+                    if r.state is not ReplicaState.UP
+                )
+        await asyncio.gather(*probes)
+
     async def _watch_pools(self) -> None:
-        """Follow Serve's replica states; probe failed pools until they answer."""
+        """Follow Serve's replica states, take stalled replicas out, probe what failed."""
+        tick = min(
+            [STALL_CHECK_SECONDS]
+            + [m.routing.stall_seconds / 4 for m in self._config.models.values()]
+        )
+        polled = probed = -float("inf")
         while True:
-            await self._refresh_from_status()
+            now = time.monotonic()
+            if now - polled >= STATUS_POLL_SECONDS:
+                polled = now
+                await self._refresh_from_status()
+                self._report_load()
             for router in self._routers.values():
-                for pool in router.order:
-                    if not router.stats[pool].healthy:
-                        await router.probe(pool)
-            await asyncio.sleep(STATUS_POLL_SECONDS)
+                router.check_stalls()
+            if now - probed >= min(
+                m.routing.health_check_seconds for m in self._config.models.values()
+            ):
+                probed = now
+                await self._probe()
+            await asyncio.sleep(tick)
 
     def _authorize(self, request: Request) -> None:
         if self._token is None:
@@ -252,47 +291,58 @@ class Ingress:
     async def _dispatch(
         self, router: ModelRouter, variant: str, inputs: dict[str, Any], start: float
     ) -> Routed:
-        """Route with the model's deadline; record the request's metrics.
+        """Route with the model's deadline; count and time the request whatever ends it.
 
         ``start`` is when the handler began (body read and decoding count as latency too).
         """
         self._ensure_watcher()
-        deadline = router.config.limits.deadline_seconds
+        budget = router.config.limits.deadline_seconds
+        remaining = budget - (time.perf_counter() - start)
+        tags = {"model": router.name, "variant": variant, "pool": "none"}
         try:
-            routed = await asyncio.wait_for(router.infer(variant, inputs), timeout=deadline)
-        except TimeoutError:
-            self._metrics.rejected.inc(tags={"model": router.name, "reason": "deadline"})
-            self._metrics.requests.inc(
-                tags={"model": router.name, "variant": variant, "pool": "none", "code": "504"}
+            routed = await asyncio.wait_for(
+                router.infer(variant, inputs, time.time() + remaining), timeout=remaining
             )
+        except (TimeoutError, DeadlineExceeded) as exc:
+            self._metrics.rejected.inc(tags={"model": router.name, "reason": "deadline"})
+            self._count(tags | {"code": "504"}, min(time.perf_counter() - start, budget))
             raise DeadlineExceeded(
-                f"model {router.name!r}: no result within the {deadline:g} s deadline",
+                f"model {router.name!r}: no result within the {budget:g} s deadline",
                 headers={"server-timing": _ingress_timing(start)},
-            ) from None
+            ) from (None if isinstance(exc, TimeoutError) else exc)
         except ServingError as exc:
-            tags = {
-                "model": router.name,
-                "variant": variant,
-                "pool": "none",
-                "code": str(exc.status_code),
-            }
-            self._metrics.requests.inc(tags=tags)
+            self._count(tags | {"code": str(exc.status_code)}, time.perf_counter() - start)
             exc.headers["server-timing"] = _ingress_timing(start)
             raise
         tags = {"model": router.name, "variant": variant, "pool": routed.pool, "code": "200"}
-        self._metrics.request_duration.observe(time.perf_counter() - start, tags=tags)
-        self._metrics.requests.inc(tags=tags)
+        self._count(tags, time.perf_counter() - start)
         return routed
+
+    def _count(self, tags: dict[str, str], seconds: float) -> None:
+        self._metrics.request_duration.observe(seconds, tags=tags)
+        self._metrics.requests.inc(tags=tags)
 
     def _variant(self, router: ModelRouter, request: Request, pinned: str | None = None) -> str:
         return router.splitter.choose(pinned or request.headers.get(PIN_HEADER))
 
     async def _signature(self, router: ModelRouter, variant: str) -> dict[str, Any]:
+        """A variant's inputs and outputs, from the first healthy pool that answers."""
         cached = self._signatures.get(router.name)
         if cached is None:
-            handle = router._handles[router.order[0]]
-            cached = await handle.signature.remote()
-            self._signatures[router.name] = cached
+            healthy = [p for p in router.order if router.stats[p].healthy]
+            for pool in healthy + [p for p in router.order if p not in healthy]:
+                try:
+                    cached = await router.handle(pool).signature.remote()
+                except REPLICA_LOST as exc:
+                    logger.debug("%s: no signature from pool %s: %s", router.name, pool, exc)
+                    continue
+                self._signatures[router.name] = cached
+                break
+            else:
+                raise ModelUnavailable(
+                    f"model {router.name!r}: no pool answered for its metadata; retry later",
+                    headers={"retry-after": str(router.config.routing.retry_after_seconds)},
+                )
         return dict(cached[variant])
 
     # -- health and metadata ---------------------------------------------------------
@@ -345,12 +395,20 @@ class Ingress:
                     "labels": next(iter(self._manifests[name].values())).input.labels,
                     "pools": [
                         {
-                            "name": p,
-                            "healthy": s.healthy,
-                            "inflight": s.inflight,
-                            "capacity": s.capacity,
+                            "name": v.name,
+                            "healthy": v.healthy,
+                            "inflight": v.held,
+                            "capacity": v.capacity,
+                            "replicas": {
+                                state.value: sum(
+                                    1
+                                    for r in router.stats[v.name].replicas.values()
+                                    if r.state is state
+                                )
+                                for state in ReplicaState
+                            },
                         }
-                        for p, s in router.stats.items()
+                        for v in router.views(set(), set())
                     ],
                     "spilling": router.policy.spilling,
                 }

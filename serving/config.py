@@ -64,10 +64,13 @@ class ReplicasConfig(_Frozen):
 
 
 class BatchingConfig(_Frozen):
-    """Dynamic batching inside a replica."""
+    """Batching inside a replica: requests waiting for a model call share the next one.
 
-    max_batch_size: int = Field(8, ge=1, le=256)
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)
+    No timer: a request that finds a call slot free runs at once, alone; batches form only
+    from requests that had to wait anyway.
+    """
+
+    max_batch_size: int = Field(8, ge=1, le=256, description="rows per model call")
 
 
 class PoolConfig(_Frozen):
@@ -89,8 +92,22 @@ class PoolConfig(_Frozen):
             "(a one-machine cluster), so shedding and health checks stay prompt under load"
         ),
     )
-    max_ongoing_requests: int = Field(4, ge=1, description="concurrent requests per replica")
-    max_queued_requests: int = Field(8, ge=0, description="requests queued per pool beyond that")
+    max_ongoing_requests: int = Field(
+        4,
+        ge=1,
+        description=(
+            "model calls a replica runs at once (each on `threads` threads; batched calls "
+            "hold up to batching.max_batch_size rows)"
+        ),
+    )
+    max_queued_requests: int = Field(
+        8,
+        ge=0,
+        description=(
+            "rows a replica holds waiting beyond what it runs; it refuses more at once, so "
+            "a pool holds at most replicas x (running + this) whatever the number of ingresses"
+        ),
+    )
     batching: BatchingConfig | None = None
     resources: dict[str, float] = Field(
         default_factory=dict, description="Ray custom resources that pin replicas to the pool"
@@ -114,7 +131,31 @@ class RoutingConfig(_Frozen):
     min_spill_seconds: float = Field(2.0, ge=0, description="spill at least this long once started")
     latency_window: int = Field(64, ge=4, description="recent requests the latency estimate uses")
     retry_after_seconds: int = Field(1, ge=1, description="Retry-After sent with 503")
-    health_check_seconds: float = Field(1.0, gt=0, description="probe interval for a failed pool")
+    health_check_seconds: float = Field(
+        1.0, gt=0, description="probe interval for a failed pool or replica"
+    )
+    stall_seconds: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "a replica with requests outstanding and no answer this long is taken out and "
+            "what waits on it is retried elsewhere (keep it above the slowest batch's time "
+            "and well under the deadline)"
+        ),
+    )
+    signal_ttl_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="replicas' load reports and latency samples older than this are stale",
+    )
+    sample_seconds: float = Field(
+        0.5,
+        gt=0,
+        description=(
+            "while spilling, one request this often still goes to the preferred pool (when it "
+            "has an idle slot) so that its latency is measured afresh"
+        ),
+    )
 
 
 class LimitsConfig(_Frozen):
@@ -134,6 +175,12 @@ class ModelConfig(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
+        if self.routing.stall_seconds >= self.limits.deadline_seconds:
+            raise ValueError(
+                f"routing.stall_seconds ({self.routing.stall_seconds:g}) must be below "
+                f"limits.deadline_seconds ({self.limits.deadline_seconds:g}): a stalled "
+                "replica's requests are retried elsewhere within their deadline"
+            )
         total = sum(v.weight for v in self.variants.values())
         if total != 100:
             weights = {name: v.weight for name, v in self.variants.items()}
@@ -143,6 +190,22 @@ class ModelConfig(_Frozen):
             if missing:
                 raise ValueError(f"variant {name!r} has no artifact for pool(s) {missing}")
         return self
+
+
+class IngressConfig(_Frozen):
+    """The HTTP ingress: any of its replicas takes any request (HAProxy spreads them)."""
+
+    replicas: ReplicasConfig = Field(
+        ReplicasConfig(min=1, max=1, target_ongoing_requests=64),
+        description="ingress replicas (autoscaled between min and max on requests in flight)",
+    )
+    max_replicas_per_node: int | None = Field(
+        None, ge=1, description="at most this many on one node (1 spreads them over nodes)"
+    )
+    num_cpus: float = Field(0.0, ge=0, description="CPUs Ray reserves per ingress replica")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Ray custom resources an ingress replica needs"
+    )
 
 
 class HttpConfig(_Frozen):
@@ -166,6 +229,7 @@ class ServingConfig(_Frozen):
 
     models: dict[Name, ModelConfig] = Field(min_length=1)
     pools: dict[Name, PoolConfig] = Field(min_length=1)
+    ingress: IngressConfig = IngressConfig()
     http: HttpConfig = HttpConfig()
     auth: AuthConfig = AuthConfig()
     metrics: MetricsConfig = MetricsConfig()

@@ -9,6 +9,7 @@ The tree::
     ├── Unauthorized (401)      missing or wrong bearer token
     ├── UnknownModel (404)      no such model or variant
     ├── PayloadTooLarge (413)   body or audio over the configured limit
+    ├── ModelError (500)        the model itself failed on the request (counted, no failover)
     ├── PoolSaturated (503)     every pool is full: shed, with Retry-After
     ├── ModelUnavailable (503)  no healthy replica in any pool
     └── DeadlineExceeded (504)  the request's deadline passed before a result came back
@@ -59,6 +60,12 @@ class PayloadTooLarge(ServingError):
     """The body or the audio is longer than the configured limit."""
 
     status_code = 413
+
+
+class ModelError(ServingError):
+    """The model raised while running the request; only that request fails."""
+
+    status_code = 500
 
 
 class PoolSaturated(ServingError):

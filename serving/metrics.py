@@ -11,7 +11,10 @@ singletons), so a test can build fresh ones.
 | ray_sluiceway_requests_total                    | counter   | model, variant, pool, code       |
 | ray_sluiceway_requests_rejected_total           | counter   | model, reason                    |
 | ray_sluiceway_spillovers_total                  | counter   | model, from_pool, to_pool, reason|
+| ray_sluiceway_request_retries_total             | counter   | model, pool, reason              |
+| ray_sluiceway_replica_stalls_total              | counter   | model, pool                      |
 | ray_sluiceway_pool_inflight_requests            | gauge     | model, pool                      |
+| ray_sluiceway_replica_requests_dropped_total    | counter   | model, pool, reason              |
 | ray_sluiceway_replica_memory_bytes              | gauge     | model, variant, pool             |
 | ray_sluiceway_replica_memory_limit_bytes        | gauge     | model, variant, pool             |
 | ray_sluiceway_replica_gpu_memory_bytes          | gauge     | model, variant, pool             |
@@ -98,6 +101,9 @@ REQUEST_DURATION = PREFIX + "request_duration_seconds"
 REQUESTS = PREFIX + "requests"  # Ray's exporter adds _total to counters
 REJECTED = PREFIX + "requests_rejected"
 SPILLOVERS = PREFIX + "spillovers"
+RETRIES = PREFIX + "request_retries"
+STALLS = PREFIX + "replica_stalls"
+DROPPED = PREFIX + "replica_requests_dropped"
 INFLIGHT = PREFIX + "pool_inflight_requests"
 REPLICA_MEMORY = PREFIX + "replica_memory_bytes"
 REPLICA_MEMORY_LIMIT = PREFIX + "replica_memory_limit_bytes"
@@ -120,6 +126,8 @@ class IngressMetrics:
     requests: Counter
     rejected: Counter
     spillovers: Counter
+    retries: Counter
+    stalls: Counter
     inflight: Gauge
     build_info: Gauge
 
@@ -144,9 +152,19 @@ class IngressMetrics:
                 description="Requests sent to a pool other than the preferred one.",
                 tag_keys=("model", "from_pool", "to_pool", "reason"),
             ),
+            retries=Counter(
+                RETRIES,
+                description="Requests sent again after a replica was lost, stalled or full.",
+                tag_keys=("model", "pool", "reason"),
+            ),
+            stalls=Counter(
+                STALLS,
+                description="Replicas taken out for holding requests with no answer.",
+                tag_keys=("model", "pool"),
+            ),
             inflight=Gauge(
                 INFLIGHT,
-                description="Requests in flight per pool, as the router sees them.",
+                description="Requests the pool holds (all ingresses), as this ingress sees it.",
                 tag_keys=("model", "pool"),
             ),
             build_info=Gauge(
@@ -164,6 +182,7 @@ class ReplicaMetrics:
     gpu_memory: Gauge
     load_seconds: Gauge
     batch_size: Histogram
+    dropped: Counter
 
     @classmethod
     def create(cls) -> ReplicaMetrics:
@@ -195,6 +214,11 @@ class ReplicaMetrics:
                 description="Requests per model call.",
                 boundaries=list(BATCH_BUCKETS),
                 tag_keys=("model", "pool"),
+            ),
+            dropped=Counter(
+                DROPPED,
+                description="Requests a replica dropped without running them (deadline passed).",
+                tag_keys=("model", "pool", "reason"),
             ),
         )
 

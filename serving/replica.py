@@ -1,9 +1,11 @@
 """A model replica: verified artifacts on ONNX Runtime, one deployment per (model, pool).
 
 A replica verifies every artifact it is given (sha256 against the config, gates passed),
-opens it on its pool's device, warms it up, and only then reports healthy. Requests are
-optionally batched (Serve's dynamic batching): requests of the same variant and shape are
-run as one call.
+opens it on its pool's device, warms it up, and only then reports healthy. It holds its own
+queue (``serving.batch_queue``): it runs ``max_ongoing_requests`` model calls at once,
+batches what waits (same variant and shapes, up to ``batching.max_batch_size`` rows),
+drops a job whose deadline passed before it ran, and refuses at once what it cannot hold.
+Every answer says how much it holds, which is how each ingress sees the whole pool's load.
 """
 
 from __future__ import annotations
@@ -13,17 +15,19 @@ import logging
 import os
 import threading
 import time
-from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Hashable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from numpy.typing import NDArray
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from ray import serve
 
 from optimize.manifest import MODEL_FILE, Manifest, verify_artifact
+from serving.batch_queue import BatchQueue, Entry
+from serving.calls import Job, Outcome, Reply, Status, Tensors
 from serving.config import ArtifactRef, PoolConfig
 from serving.errors import BadRequest, ConfigError, UnknownModel
 from serving.fetch import resolve_artifact
@@ -33,7 +37,6 @@ from serving.replica_memory import gpu_memory_bytes, memory_limit_bytes, rss_byt
 
 logger = logging.getLogger(__name__)
 
-Tensors = dict[str, NDArray[Any]]
 _PROVIDERS = {
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "cpu": ["CPUExecutionProvider"],
@@ -114,6 +117,132 @@ def inference_executor(pool: str, config: PoolConfig) -> ThreadPoolExecutor:
     )
 
 
+# What a model call can raise on inputs that passed the signature check: ONNX Runtime's
+# own errors (they derive from Exception only), and numpy's while stacking or splitting.
+MODEL_FAILURES: tuple[type[Exception], ...] = (
+    ort_errors.Fail,
+    ort_errors.InvalidArgument,
+    ort_errors.RuntimeException,
+    ort_errors.EPFail,
+    ort_errors.NotImplemented,
+    ort_errors.EngineError,
+    RuntimeError,
+    ValueError,
+    MemoryError,
+)
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    job: Job
+    done: asyncio.Future[Outcome]
+
+
+def batch_key(job: Job) -> Hashable:
+    """Jobs with equal keys can share a model call: same variant, dtypes and row shapes."""
+    return (
+        job.variant,
+        tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(job.inputs.items())),
+    )
+
+
+def _split(outputs: Tensors, rows: list[int]) -> list[Tensors] | None:
+    """Each job's rows of a batched call's outputs; None when an output is not by row."""
+    total = sum(rows)
+    if any(o.ndim == 0 or o.shape[0] != total for o in outputs.values()):
+        return None
+    parts, offset = [], 0
+    for count in rows:
+        parts.append({n: o[offset : offset + count] for n, o in outputs.items()})
+        offset += count
+    return parts
+
+
+class ReplicaRunner:
+    """Jobs through a ``BatchQueue`` into model calls on the inference threads."""
+
+    def __init__(
+        self,
+        queue: BatchQueue[_Waiting],
+        model: Callable[[str, Tensors], Tensors],
+        executor: Executor,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_expired: Callable[[int], None] = lambda count: None,
+        on_call: Callable[[int], None] = lambda rows: None,
+    ) -> None:
+        self.queue = queue
+        self._model = model
+        self._executor = executor
+        self._clock = clock
+        self._on_expired = on_expired
+        self._on_call = on_call
+
+    async def submit(self, job: Job) -> Outcome:
+        """Run ``job`` in a model call (alone or batched), or refuse it when full."""
+        done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        entry = Entry(batch_key(job), job.rows, job.deadline, _Waiting(job, done))
+        if not self.queue.admit(entry):
+            return Outcome(Status.FULL, detail="the replica holds all it may")
+        self._start_calls()
+        try:
+            return await done
+        except asyncio.CancelledError:  # the caller gave up (its deadline): never run it
+            self.queue.cancel(entry)
+            raise
+
+    def _start_calls(self) -> None:
+        while True:
+            batch, expired = self.queue.take(self._clock())
+            for entry in expired:
+                if not entry.token.done.done():
+                    entry.token.done.set_result(
+                        Outcome(Status.EXPIRED, detail="its deadline passed before it ran")
+                    )
+            if expired:
+                self._on_expired(len(expired))
+            if not batch:
+                return
+            asyncio.get_running_loop().create_task(self._call(batch))
+
+    async def _call(self, batch: list[Entry[_Waiting]]) -> None:
+        loop = asyncio.get_running_loop()
+        jobs = [e.token.job for e in batch]
+        rows = [e.rows for e in batch]
+        self._on_call(sum(rows))
+        try:
+            outcomes = await loop.run_in_executor(self._executor, self._run, jobs, rows)
+        finally:
+            self.queue.done(batch)
+        for entry, outcome in zip(batch, outcomes, strict=True):
+            if not entry.token.done.done():
+                entry.token.done.set_result(outcome)
+        self._start_calls()
+
+    def _run(self, jobs: list[Job], rows: list[int]) -> list[Outcome]:
+        """One model call for ``jobs`` (inference thread); a job alone if outputs are not
+        by row."""
+        start = time.perf_counter()
+        variant = jobs[0].variant
+        try:
+            if len(jobs) == 1:
+                outputs = self._model(variant, jobs[0].inputs)
+                parts: list[Tensors] | None = [outputs]
+            else:
+                names = jobs[0].inputs.keys()
+                stacked = {n: np.concatenate([j.inputs[n] for j in jobs]) for n in names}
+                parts = _split(self._model(variant, stacked), rows)
+        except MODEL_FAILURES as exc:
+            detail = f"the model failed: {type(exc).__name__}: {exc}"
+            return [Outcome(Status.MODEL_ERROR, detail=detail) for _ in jobs]
+        if parts is None:
+            return [self._run([job], [count])[0] for job, count in zip(jobs, rows, strict=True)]
+        seconds = time.perf_counter() - start
+        return [
+            Outcome(Status.OK, outputs=part, run_s=seconds, batch_rows=sum(rows)) for part in parts
+        ]
+
+
 def _warmup(variant: LoadedVariant) -> None:
     feeds = {
         spec.name: np.zeros(
@@ -155,10 +284,20 @@ class ModelReplica:
             logger.info(
                 "%s/%s on %s: loaded %s (%s)", model, name, pool, raw["uri"], variant.provider
             )
+        self._id: str = serve.get_replica_context().replica_id.unique_id
+        self._tags = {"model": model, "pool": pool}
         batching = self._config.batching
-        if batching is not None:
-            self._batched.set_max_batch_size(batching.max_batch_size)
-            self._batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self._runner = ReplicaRunner(
+            BatchQueue(
+                slots=self._config.max_ongoing_requests,
+                max_batch=batching.max_batch_size if batching is not None else 1,
+                queue_limit=self._config.max_queued_requests,
+            ),
+            self._run,
+            self._executor,
+            on_expired=self._count_expired,
+            on_call=self._count_call,
+        )
         self._report_gauges()
         refresh_forever(self._report_gauges, f"{model}-{pool} gauges")
 
@@ -173,6 +312,12 @@ class ModelReplica:
             self._metrics.memory_limit.set(limit, tags=tags)
             self._metrics.gpu_memory.set(gpu, tags=tags)
 
+    def _count_expired(self, count: int) -> None:
+        self._metrics.dropped.inc(count, tags=self._tags | {"reason": "deadline"})
+
+    def _count_call(self, rows: int) -> None:
+        self._metrics.batch_size.observe(rows, tags=self._tags)
+
     def signature(self) -> dict[str, Any]:
         """Inputs, outputs and manifest of every variant (for metadata endpoints)."""
         return {
@@ -185,9 +330,9 @@ class ModelReplica:
             for name, v in self._variants.items()
         }
 
-    def health(self) -> str:
-        """Answers when the replica is up (the router's recovery probe)."""
-        return "ok"
+    def health(self, replica: str | None = None) -> str:
+        """This replica's id: the router's recovery probe checks who answered."""
+        return self._id
 
     def _variant(self, name: str) -> LoadedVariant:
         if name not in self._variants:
@@ -195,58 +340,45 @@ class ModelReplica:
         return self._variants[name]
 
     def _run(self, variant: str, inputs: Tensors) -> Tensors:
-        loaded = self._variant(variant)
-        checked = check_inputs(inputs, loaded.inputs)
-        results = loaded.session.run(None, checked)
+        """One model call (in an inference thread)."""
+        loaded = self._variants[variant]
+        results = loaded.session.run(None, inputs)
         return {spec.name: np.asarray(r) for spec, r in zip(loaded.outputs, results, strict=True)}
 
-    async def _in_executor(self, variant: str, inputs: Tensors) -> Tensors:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, variant, inputs)
+    def _checked(self, job: Job) -> Outcome | None:
+        """The job's outcome when it cannot run (unknown variant, inputs that do not fit)."""
+        try:
+            check_inputs(job.inputs, self._variant(job.variant).inputs)
+        except UnknownModel as exc:
+            return Outcome(Status.UNKNOWN_VARIANT, detail=exc.detail)
+        except BadRequest as exc:
+            return Outcome(Status.BAD_REQUEST, detail=exc.detail)
+        return None
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)  # type: ignore[untyped-decorator]
-    async def _batched(self, items: list[tuple[str, Tensors]]) -> list[Tensors | Exception]:
-        """Requests of one variant and shape run together; the rest run alone."""
-        groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
-        results: list[Tensors | Exception] = [BadRequest("unprocessed")] * len(items)
-        for index, (variant, inputs) in enumerate(items):
-            try:  # a bad request fails alone, never the batch it would have joined
-                check_inputs(inputs, self._variant(variant).inputs)
-            except (BadRequest, UnknownModel) as exc:
-                results[index] = exc
-                continue
-            shapes = ((n, a.ndim, a.shape[1:], a.dtype.str) for n, a in sorted(inputs.items()))
-            groups[(variant, *shapes)].append(index)
-        for indices in groups.values():
-            variant = items[indices[0]][0]
-            names = items[indices[0]][1].keys()
-            stacked = {n: np.concatenate([items[i][1][n] for i in indices]) for n in names}
-            self._metrics.batch_size.observe(
-                len(indices), tags={"model": self._model, "pool": self._pool}
-            )
-            try:
-                outputs = await self._in_executor(variant, stacked)
-            except (BadRequest, UnknownModel) as exc:
-                for i in indices:
-                    results[i] = exc
-                continue
-            offset = 0
-            for i in indices:
-                rows = next(iter(items[i][1].values())).shape[0]
-                results[i] = {n: o[offset : offset + rows] for n, o in outputs.items()}
-                offset += rows
-        return results
+    async def infer(self, jobs: list[Job], replica: str | None = None) -> Reply:
+        """Run ``jobs`` (``replica`` is the ingress's routing pin, read by Serve's router).
 
-    async def infer(self, variant: str, inputs: Tensors) -> tuple[Tensors, float]:
-        """Run one request: the model's outputs by name, and seconds spent in the replica
-        (batch wait included; the ingress reports it in ``Server-Timing``)."""
+        The reply says, per job, its outputs or why it did not run, and how many rows this
+        replica holds now (from every caller).
+        """
         start = time.perf_counter()
-        if self._config.batching is None:
-            self._metrics.batch_size.observe(1, tags={"model": self._model, "pool": self._pool})
-            result = await self._in_executor(variant, inputs)
+        refused = [self._checked(job) for job in jobs]
+        if len(jobs) == 1:
+            outcomes = [refused[0] or await self._runner.submit(jobs[0])]
         else:
-            outcome = await self._batched((variant, inputs))
-            if isinstance(outcome, Exception):
-                raise outcome
-            result = outcome
-        return result, time.perf_counter() - start
+            outcomes = await asyncio.gather(
+                *(
+                    self._runner.submit(job) if early is None else _ready(early)
+                    for job, early in zip(jobs, refused, strict=True)
+                )
+            )
+        return Reply(
+            outcomes=list(outcomes),
+            replica=self._id,
+            held=self._runner.queue.held,
+            replica_s=time.perf_counter() - start,
+        )
+
+
+async def _ready(outcome: Outcome) -> Outcome:
+    return outcome

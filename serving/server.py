@@ -78,12 +78,27 @@ def apply_ray_env() -> None:
 QUIET_LOGS: dict[str, Any] = {"enable_access_log": False, "log_level": "WARNING"}
 
 
+# The ingress picks each request's replica; Serve's router sends it there.
+PINNED_ROUTER = "serving.routing.pinned.PinnedReplicaRouter"
+# Calls Serve lets through to one replica beyond what the replica itself holds: health
+# probes, and what several ingresses send at once on reports a moment old. The replica's
+# own queue refuses the excess at once; Serve must never hold calls back in its router,
+# where waiting is expensive (retries with backoff) and invisible to the pool's load.
+SERVE_CALL_HEADROOM = 64
+
+
+def _serve_limits(pool: PoolConfig) -> dict[str, Any]:
+    rows = pool.max_ongoing_requests * (pool.batching.max_batch_size if pool.batching else 1)
+    return {
+        "max_ongoing_requests": 2 * (rows + pool.max_queued_requests) + SERVE_CALL_HEADROOM,
+        "request_router_config": {"request_router_class": PINNED_ROUTER},
+    }
+
+
 def _replica_options(name: str, pool: PoolConfig) -> dict[str, Any]:
     options: dict[str, Any] = {
         "name": name,
-        "max_ongoing_requests": pool.max_ongoing_requests,
-        # Ray needs >= 1 here; the router enforces the pool's own limit (0 included).
-        "max_queued_requests": max(1, pool.max_queued_requests),
+        **_serve_limits(pool),
         "ray_actor_options": {
             "num_cpus": pool.num_cpus,
             "num_gpus": pool.num_gpus,
@@ -119,10 +134,33 @@ def build_app(config: ServingConfig) -> Application:
                 **_replica_options(replica_deployment_name(model_name, pool_name), pool)
             ).bind(model_name, pool_name, pool.model_dump(mode="json"), artifacts)
     ingress: Any = Ingress  # a Serve deployment; Ray's decorators are untyped here
-    application: Application = ingress.options(
-        ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000
-    ).bind(config.model_dump(mode="json"), dict(handles))
+    application: Application = ingress.options(**_ingress_options(config)).bind(
+        config.model_dump(mode="json"), dict(handles)
+    )
     return application
+
+
+def _ingress_options(config: ServingConfig) -> dict[str, Any]:
+    spec = config.ingress
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": spec.num_cpus, "resources": dict(spec.resources)},
+        "max_ongoing_requests": 1000,
+        # A replaced ingress finishes the requests it holds: at most one deadline's work.
+        "graceful_shutdown_timeout_s": max(
+            m.limits.deadline_seconds for m in config.models.values()
+        ),
+    }
+    if spec.max_replicas_per_node is not None:
+        options["max_replicas_per_node"] = spec.max_replicas_per_node
+    if spec.replicas.min == spec.replicas.max:
+        options["num_replicas"] = spec.replicas.min
+    else:
+        options["autoscaling_config"] = {
+            "min_replicas": spec.replicas.min,
+            "max_replicas": spec.replicas.max,
+            "target_ongoing_requests": spec.replicas.target_ongoing_requests,
+        }
+    return options
 
 
 def local_resources(config: ServingConfig) -> dict[str, float]:

@@ -17,6 +17,7 @@ class Reason(StrEnum):
     SPILL_LATENCY = "latency"  # preferred pool's expected latency breaks the SLO
     SPILL_SATURATED = "saturated"  # preferred pool is full (queue at its limit)
     FAILOVER = "failover"  # preferred pool has no healthy replica
+    SAMPLE = "sample"  # spilling, yet sent to the preferred pool to re-measure it
     SHED = "shed"  # every pool is saturated
 
 
@@ -43,26 +44,36 @@ class SpilloverPolicy(RoutingPolicy):
     """Preferred pool first; spill to the next when its expected latency breaks the SLO.
 
     Hysteresis: once spilling starts it lasts at least ``min_spill_s`` and until the
-    preferred pool's expected latency is below ``slo_s * (1 - hysteresis)``.
+    preferred pool's expected latency is below ``slo_s * (1 - hysteresis)``. While spilling
+    for latency, one request per ``sample_s`` still goes to the preferred pool when it has
+    an idle slot, so that its latency is measured afresh and traffic comes back once it is
+    fast again (a pool nobody sends to would otherwise keep its last, slow, figure).
     """
 
     def __init__(
-        self, *, slo_s: float, hysteresis: float, min_spill_s: float, clock: Clock
+        self,
+        *,
+        slo_s: float,
+        hysteresis: float,
+        min_spill_s: float,
+        clock: Clock,
+        sample_s: float = 0.5,
     ) -> None:
         self._slo_s = slo_s
         self._resume_s = slo_s * (1 - hysteresis)
         self._min_spill_s = min_spill_s
+        self._sample_s = sample_s
         self._clock = clock
         self._spilling_since: float | None = None
+        self._last_sample = -float("inf")
 
     @property
     def spilling(self) -> bool:
         return self._spilling_since is not None
 
-    def _update_spill_state(self, primary: PoolView) -> Reason | None:
+    def _update_spill_state(self, primary: PoolView, now: float) -> Reason | None:
         """The spill reason while spilling, else None."""
         expected = primary.expected_latency_s()
-        now = self._clock()
         if primary.saturated:
             self._spilling_since = self._spilling_since or now
             return Reason.SPILL_SATURATED
@@ -81,14 +92,25 @@ class SpilloverPolicy(RoutingPolicy):
         """Room left, and a new request there is expected to meet the SLO.
 
         An idle pool always fits: its recent latency is stale, and refusing it work would
-        keep it stale (and shed everything) forever. A pool with no latency seen yet takes
-        up to its queue limit: refusing it would shed on a fresh server with room (a pool
-        that must not queue says so with ``max_queued_requests: 0``).
+        keep it stale (and shed everything) forever. A pool with no fresh latency takes up
+        to its queue limit: refusing it would shed on a fresh server with room (a pool that
+        must not queue says so with ``max_queued_requests: 0``).
         """
-        if pool.inflight == 0:
+        if pool.held == 0:
             return True
         expected = pool.expected_latency_s()
         return not pool.saturated and (expected is None or expected <= self._slo_s)
+
+    def _sample_due(self, primary: PoolView, now: float) -> bool:
+        if primary.idle_slot and now - self._last_sample >= self._sample_s:
+            self._last_sample = now
+            return True
+        return False
+
+    def admits(self, pools: Sequence[PoolView]) -> bool:
+        """Whether ``choose`` would route a request now rather than shed it (no state
+        changes: the edge check before a body is read)."""
+        return any(self._fits(p) for p in pools if p.healthy)
 
     def choose(self, pools: Sequence[PoolView]) -> Decision:
         healthy = [p for p in pools if p.healthy]
@@ -98,9 +120,12 @@ class SpilloverPolicy(RoutingPolicy):
             if fallback is None:
                 return Decision(None, Reason.SHED)
             return Decision(fallback.name, Reason.FAILOVER)
-        spill = self._update_spill_state(preferred)
+        now = self._clock()
+        spill = self._update_spill_state(preferred, now)
         if spill is None:
             return Decision(preferred.name, Reason.PRIMARY)
+        if spill is Reason.SPILL_LATENCY and self._sample_due(preferred, now):
+            return Decision(preferred.name, Reason.SAMPLE)
         for other in healthy[1:]:
             if self._fits(other):
                 return Decision(other.name, spill)

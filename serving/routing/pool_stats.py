@@ -1,16 +1,36 @@
-"""What the router knows about each pool: health, in-flight requests, recent latency.
+"""What an ingress knows about each pool and each of its replicas.
 
-State is small and explicit; the clock is injected so tests drive time.
+Pure state over an injected clock: the ingress and the simulator drive the same code.
+
+Pool-wide truth comes from the replicas. Every reply carries the replica's own count of the
+rows it holds, from every ingress (``serving.calls.Reply.held``); an ingress stamps it when
+it arrives and adds the rows it sent there since. A report older than ``ttl_s`` is stale:
+the replica's load is then only what this ingress has outstanding there. Service times are
+timestamped too and age out after ``ttl_s``, so a pool that got no traffic for a while
+reads as unknown (worth trying), never as slow forever.
+
+A replica is up, stalled (calls outstanding and no answer for ``stall_s``) or lost (it
+could not be reached); only up replicas get new work. A pool is healthy while any replica
+is up, or while its replicas are not known yet (the first requests go to Serve's choice).
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 
 Clock = Callable[[], float]
+ANY_REPLICA = ""  # no replica known yet: let Serve pick one
+
+
+class ReplicaState(StrEnum):
+    UP = "up"
+    STALLED = "stalled"  # requests outstanding and no answer for stall_s
+    LOST = "lost"  # unreachable (dead, or its node is gone)
 
 
 @dataclass(frozen=True)
@@ -19,69 +39,246 @@ class PoolView:
 
     name: str
     healthy: bool
-    inflight: int
-    capacity: int  # requests the pool runs at once (replicas x max_ongoing_requests)
-    queue_limit: int  # requests it may queue beyond that before it rejects
-    service_time_s: float | None  # recent median latency; None before any request
+    held: int  # rows the pool holds (running and waiting), from every ingress, as known
+    capacity: int  # rows its up replicas run at once
+    queue_limit: int  # rows they may hold waiting beyond that
+    service_time_s: float | None  # recent median model-call time; None when nothing fresh
 
     @property
     def saturated(self) -> bool:
-        return self.inflight >= self.capacity + self.queue_limit
+        return self.held >= self.capacity + self.queue_limit
+
+    @property
+    def idle_slot(self) -> bool:
+        """A new request would start at once."""
+        return self.held < self.capacity
 
     def expected_latency_s(self) -> float | None:
-        """Latency a new request would see: service time, plus queueing when full."""
+        """Latency a new request would see: a model call, plus waiting for one when full."""
         if self.service_time_s is None:
             return None
-        waiting = max(0, self.inflight + 1 - self.capacity)
+        waiting = max(0, self.held + 1 - self.capacity)
         return self.service_time_s * (1 + waiting / max(1, self.capacity))
 
 
+class ReplicaStats:
+    """One replica as this ingress sees it."""
+
+    __slots__ = (
+        "busy_since",
+        "calls",
+        "id",
+        "last_answer",
+        "outstanding",
+        "report_at",
+        "report_held",
+        "sent_since_report",
+        "state",
+    )
+
+    def __init__(self, replica_id: str, now: float) -> None:
+        self.id = replica_id
+        self.state = ReplicaState.UP
+        self.report_held = 0
+        self.report_at = -float("inf")
+        self.sent_since_report = 0  # rows this ingress sent after the report arrived
+        self.outstanding = 0  # rows this ingress has in flight there
+        self.calls = 0  # calls this ingress has in flight there
+        self.busy_since = now  # when ``calls`` last went from 0 to 1
+        self.last_answer = now
+
+    def load(self, now: float, ttl_s: float) -> int:
+        """Rows the replica holds as best known: its fresh report plus what was sent since,
+        else only what this ingress has outstanding there."""
+        if now - self.report_at <= ttl_s:
+            return max(self.outstanding, self.report_held + self.sent_since_report)
+        return self.outstanding
+
+    def stalled(self, now: float, stall_s: float) -> bool:
+        """Calls outstanding and no answer for ``stall_s``."""
+        return self.calls > 0 and now - max(self.busy_since, self.last_answer) > stall_s
+
+
 class PoolStats:
-    """Live counters of one pool, kept by the ingress."""
+    """Live state of one pool's replicas, kept by one ingress."""
 
     def __init__(
-        self, name: str, *, capacity: int, queue_limit: int, window: int, clock: Clock
+        self,
+        name: str,
+        *,
+        replica_capacity: int,
+        replica_queue: int,
+        expected_replicas: int,
+        ttl_s: float,
+        stall_s: float,
+        window: int,
+        clock: Clock,
+        rng: random.Random | None = None,
     ) -> None:
         self.name = name
-        self.capacity = capacity
-        self.queue_limit = queue_limit
-        self.inflight = 0
-        self.healthy = True
-        self.unhealthy_since: float | None = None
-        self._latencies: deque[float] = deque(maxlen=window)
-        self._service_s: float | None = None  # median of _latencies, kept up to date
+        self.replica_capacity = replica_capacity
+        self.replica_queue = replica_queue
+        self.ttl_s = ttl_s
+        self.stall_s = stall_s
         self._clock = clock
+        self._rng = rng or random.Random()
+        self.replicas: dict[str, ReplicaStats] = {}
+        # Until Serve's controller names the replicas, the pool counts as this many.
+        self._expected = expected_replicas
+        self._any = ReplicaStats(ANY_REPLICA, clock())
+        self._samples: deque[tuple[float, float]] = deque(maxlen=window)
+        self._service_s: float | None = None
+        self.lost = False  # the whole pool: no replica running (Serve says so)
 
-    def started(self) -> None:
-        self.inflight += 1
+    # -- membership ------------------------------------------------------------------
 
-    def finished(self, latency_s: float | None) -> None:
-        """A request ended; ``latency_s`` is None when it failed before running."""
-        self.inflight = max(0, self.inflight - 1)
-        if latency_s is not None:
-            self._latencies.append(latency_s)
-            # Once per finished request here, not once per decision in view(): every
-            # request asks for a view of each pool twice (shed check, then routing).
-            self._service_s = statistics.median(self._latencies)
+    def set_members(self, running: Iterable[str]) -> None:
+        """The replicas Serve's controller reports running. New ones start up; gone ones
+        are forgotten; a lost or stalled one stays out until it answers."""
+        now = self._clock()
+        current = set(running)
+        for gone in set(self.replicas) - current:
+            del self.replicas[gone]
+        for replica_id in current:
+            if replica_id not in self.replicas:
+                self.replicas[replica_id] = ReplicaStats(replica_id, now)
+        if current:
+            self.lost = False
 
-    def mark_unhealthy(self) -> None:
-        if self.healthy:
-            self.healthy = False
-            self.unhealthy_since = self._clock()
+    def _member(self, replica_id: str) -> ReplicaStats:
+        if replica_id == ANY_REPLICA:
+            return self._any
+        stats = self.replicas.get(replica_id)
+        if stats is None:  # an answer from a replica the controller has not named yet
+            stats = self.replicas[replica_id] = ReplicaStats(replica_id, self._clock())
+        return stats
 
-    def mark_healthy(self) -> None:
-        self.healthy = True
-        self.unhealthy_since = None
+    def up(self) -> list[ReplicaStats]:
+        return [r for r in self.replicas.values() if r.state is ReplicaState.UP]
 
-    def set_capacity(self, capacity: int) -> None:
-        self.capacity = max(0, capacity)
+    @property
+    def healthy(self) -> bool:
+        if self.lost:
+            return False
+        if not self.replicas:
+            return self._expected > 0
+        return any(r.state is ReplicaState.UP for r in self.replicas.values())
+
+    # -- choosing a replica ----------------------------------------------------------
+
+    def pick(self, rows: int = 1) -> str | None:
+        """The up replica with the least load that has room for ``rows``; None when none has.
+        ``ANY_REPLICA`` while no replica is known yet."""
+        now = self._clock()
+        if not self.replicas:
+            if self.lost or self._any.outstanding + rows > self._expected * (
+                self.replica_capacity + self.replica_queue
+            ):
+                return None
+            return ANY_REPLICA
+        limit = self.replica_capacity + self.replica_queue
+        best: list[ReplicaStats] = []
+        lowest = limit
+        for replica in self.replicas.values():
+            if replica.state is not ReplicaState.UP:
+                continue
+            load = replica.load(now, self.ttl_s)
+            if load + rows > limit and load > 0:
+                continue
+            if load < lowest:
+                lowest, best = load, [replica]
+            elif load == lowest:
+                best.append(replica)
+        if not best:
+            return None
+        return best[0].id if len(best) == 1 else self._rng.choice(best).id
+
+    # -- what happens to calls -------------------------------------------------------
+
+    def sent(self, replica_id: str, rows: int) -> None:
+        replica = self._member(replica_id)
+        if replica.calls == 0:
+            replica.busy_since = self._clock()
+        replica.calls += 1
+        replica.outstanding += rows
+        replica.sent_since_report += rows
+
+    def ended(self, replica_id: str, rows: int) -> None:
+        """A call to ``replica_id`` ended, answered or not."""
+        replica = self.replicas.get(replica_id) if replica_id else self._any
+        if replica is None:
+            return
+        replica.calls = max(0, replica.calls - 1)
+        replica.outstanding = max(0, replica.outstanding - rows)
+        replica.sent_since_report = max(0, replica.sent_since_report - rows)
+
+    def answered(self, replica_id: str, held: int) -> None:
+        """``replica_id`` answered and said it holds ``held`` rows: it is up, and this is
+        now the freshest word on its load."""
+        now = self._clock()
+        replica = self._member(replica_id)
+        replica.report_held = held
+        replica.report_at = now
+        replica.sent_since_report = 0
+        replica.last_answer = now
+        replica.state = ReplicaState.UP
+        self.lost = False
+
+    def recovered(self, replica_id: str) -> None:
+        """``replica_id`` answered a probe: it, and so the pool, is up."""
+        if replica_id != ANY_REPLICA:
+            self._member(replica_id).state = ReplicaState.UP
+        self.lost = False
+
+    def mark(self, replica_id: str, state: ReplicaState) -> None:
+        replica = self.replicas.get(replica_id)
+        if replica is not None:
+            replica.state = state
+
+    def stalled_now(self) -> list[str]:
+        """Up replicas that crossed the stall bound (the caller marks them)."""
+        now = self._clock()
+        return [
+            r.id
+            for r in self.replicas.values()
+            if r.state is ReplicaState.UP and r.stalled(now, self.stall_s)
+        ]
+
+    # -- service time ----------------------------------------------------------------
+
+    def record_service(self, seconds: float) -> None:
+        """A model call's time (or a timed-out request's, capped at its deadline)."""
+        self._samples.append((self._clock(), seconds))
+        self._service_s = statistics.median(s for _, s in self._samples)
+
+    def service_time_s(self) -> float | None:
+        """Median of the samples younger than ``ttl_s``."""
+        horizon = self._clock() - self.ttl_s
+        if self._samples and self._samples[0][0] < horizon:
+            while self._samples and self._samples[0][0] < horizon:
+                self._samples.popleft()
+            self._service_s = (
+                statistics.median(s for _, s in self._samples) if self._samples else None
+            )
+        return self._service_s
+
+    # -- the policy's input ----------------------------------------------------------
 
     def view(self) -> PoolView:
+        now = self._clock()
+        healthy = self.healthy
+        if not self.replicas:
+            count = 0 if self.lost else self._expected
+            held = self._any.outstanding
+        else:
+            up = self.up()
+            count = len(up)
+            held = sum(r.load(now, self.ttl_s) for r in up)
         return PoolView(
             name=self.name,
-            healthy=self.healthy and self.capacity > 0,
-            inflight=self.inflight,
-            capacity=self.capacity,
-            queue_limit=self.queue_limit,
-            service_time_s=self._service_s,
+            healthy=healthy,
+            held=held,
+            capacity=count * self.replica_capacity,
+            queue_limit=count * self.replica_queue,
+            service_time_s=self.service_time_s(),
         )
