@@ -1,8 +1,9 @@
 """The HTTP front door (one port): v2 inference protocol, audio classify, model listing.
 
-Every response names the variant and pool that served it (``x-sluiceway-variant``,
-``x-sluiceway-pool``, and ``x-sluiceway-route``: primary, latency, saturated, failover)
-and where its time went (``Server-Timing``).
+Every response names the ingress replica, variant and pool that served it
+(``x-sluiceway-ingress``, ``x-sluiceway-variant``, ``x-sluiceway-pool``, and
+``x-sluiceway-route``: primary, latency, saturated, failover, sample) and where its time
+went (``Server-Timing``).
 Errors go through one handler table: ``ServingError`` subclasses carry their status.
 
 No ``from __future__ import annotations`` here: FastAPI must resolve the route signatures
@@ -128,15 +129,17 @@ def _ingress_timing(start: float) -> str:
     return f"ingress;dur={(time.perf_counter() - start) * 1e3:.1f}"
 
 
-def _route_headers(routed: Routed, start: float) -> dict[str, str]:
-    """Where the request went, and where its time went (``Server-Timing``, milliseconds:
-    in the ingress in all, waiting on the replica, inside the replica)."""
+def _route_headers(routed: Routed, start: float, ingress: str) -> dict[str, str]:
+    """Where the request went (ingress replica, pool, variant, why), and where its time went
+    (``Server-Timing``, milliseconds: in the ingress in all, waiting on the replica, inside
+    the replica)."""
     timing = {
         "ingress": time.perf_counter() - start,
         "dispatch": routed.dispatch_s,
         "replica": routed.replica_s,
     }
     return {
+        "x-sluiceway-ingress": ingress,
         "x-sluiceway-variant": routed.variant,
         "x-sluiceway-pool": routed.pool,
         "x-sluiceway-route": routed.reason.value,
@@ -153,6 +156,7 @@ class Ingress:
         self, config: dict[str, Any], handles: dict[str, dict[str, DeploymentHandle]]
     ) -> None:
         self._config = ServingConfig.model_validate(config)
+        self._id: str = serve.get_replica_context().replica_id.unique_id
         self._token = _token(self._config)
         self._metrics = IngressMetrics.create()
         from sluiceway import __version__
@@ -433,7 +437,7 @@ class Ingress:
         content, headers = encode_infer_response(
             model_name=model, model_version=routed.variant, request=parsed, outputs=routed.outputs
         )
-        return Response(content, headers=headers | _route_headers(routed, start))
+        return Response(content, headers=headers | _route_headers(routed, start, self._id))
 
     @api.post("/v2/models/{model}/infer", tags=["v2"])
     async def infer(self, model: str, request: Request) -> Response:
@@ -477,5 +481,5 @@ class Ingress:
                 "scores": {label: float(s) for label, s in zip(labels, scores, strict=True)},
                 "seconds": wave.shape[0] / manifest.input.sample_rate,
             },
-            headers=_route_headers(routed, start),
+            headers=_route_headers(routed, start, self._id),
         )

@@ -68,11 +68,14 @@ class BatchQueue(Generic[T]):
         self.waiting_rows += entry.rows
         return True
 
-    def cancel(self, entry: Entry[T]) -> None:
-        """The caller gave up on ``entry``: a waiting job is never run."""
-        if entry.state == "waiting":
-            entry.state = "cancelled"
-            self.waiting_rows -= entry.rows
+    def cancel(self, entry: Entry[T]) -> bool:
+        """The caller gave up on ``entry``: a waiting job is never run (True when it was
+        still waiting)."""
+        if entry.state != "waiting":
+            return False
+        entry.state = "cancelled"
+        self.waiting_rows -= entry.rows
+        return True
 
     def take(self, now: float) -> tuple[list[Entry[T]], list[Entry[T]]]:
         """The next model call's jobs (empty when every slot is busy or nothing waits), and

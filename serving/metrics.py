@@ -217,7 +217,7 @@ class ReplicaMetrics:
             ),
             dropped=Counter(
                 DROPPED,
-                description="Requests a replica dropped without running them (deadline passed).",
+                description="Requests a replica dropped unrun: deadline passed, or caller gone.",
                 tag_keys=("model", "pool", "reason"),
             ),
         )

@@ -168,15 +168,15 @@ class ReplicaRunner:
         executor: Executor,
         *,
         clock: Callable[[], float] = time.time,
-        on_expired: Callable[[int], None] = lambda count: None,
+        on_dropped: Callable[[str, int], None] = lambda reason, count: None,
         on_call: Callable[[int], None] = lambda rows: None,
     ) -> None:
         self.queue = queue
         self._model = model
         self._executor = executor
         self._clock = clock
-        self._on_expired = on_expired
-        self._on_call = on_call
+        self._on_dropped = on_dropped  # jobs never run: reason ("deadline", "cancelled"), count
+        self._on_call = on_call  # a model call started, with this many rows
 
     async def submit(self, job: Job) -> Outcome:
         """Run ``job`` in a model call (alone or batched), or refuse it when full."""
@@ -188,7 +188,8 @@ class ReplicaRunner:
         try:
             return await done
         except asyncio.CancelledError:  # the caller gave up (its deadline): never run it
-            self.queue.cancel(entry)
+            if self.queue.cancel(entry):
+                self._on_dropped("cancelled", 1)
             raise
 
     def _start_calls(self) -> None:
@@ -200,7 +201,7 @@ class ReplicaRunner:
                         Outcome(Status.EXPIRED, detail="its deadline passed before it ran")
                     )
             if expired:
-                self._on_expired(len(expired))
+                self._on_dropped("deadline", len(expired))
             if not batch:
                 return
             asyncio.get_running_loop().create_task(self._call(batch))
@@ -295,7 +296,7 @@ class ModelReplica:
             ),
             self._run,
             self._executor,
-            on_expired=self._count_expired,
+            on_dropped=self._count_dropped,
             on_call=self._count_call,
         )
         self._report_gauges()
@@ -312,8 +313,8 @@ class ModelReplica:
             self._metrics.memory_limit.set(limit, tags=tags)
             self._metrics.gpu_memory.set(gpu, tags=tags)
 
-    def _count_expired(self, count: int) -> None:
-        self._metrics.dropped.inc(count, tags=self._tags | {"reason": "deadline"})
+    def _count_dropped(self, reason: str, count: int) -> None:
+        self._metrics.dropped.inc(count, tags=self._tags | {"reason": reason})
 
     def _count_call(self, rows: int) -> None:
         self._metrics.batch_size.observe(rows, tags=self._tags)
