@@ -209,8 +209,17 @@ class IngressConfig(_Frozen):
 
 
 class HttpConfig(_Frozen):
+    """Where `sluiceway serve` opens HTTP (in the chart, its pods' ports say it)."""
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
+        "EveryNode",
+        description=(
+            "nodes that run the HTTP front: every node with a replica, or the head only "
+            "(several Ray nodes on one machine share its ports)"
+        ),
+    )
 
 
 class AuthConfig(_Frozen):

@@ -190,6 +190,7 @@ def start(
                 logging_level=logging.WARNING,
             )
     serve.start(
+        proxy_location=config.http.proxy_location,
         http_options={"host": config.http.host, "port": config.http.port},
         logging_config=QUIET_LOGS,
     )
