@@ -409,8 +409,14 @@ def test_serve_config_args_are_what_the_serving_code_accepts(values_file: Path) 
     assert config.models["w2v"].routing.pools == ["gpu", "cpu"]
     assert config.pools["gpu"].device == "cuda"
     from serving.entrypoint import app as build
+    from serving.server import _ingress_options
 
     assert build(app["args"]) is not None  # the builder KubeRay imports accepts them
+    # two ingress replicas by default, autoscaled to four, one per node
+    ingress = _ingress_options(config)
+    assert ingress["autoscaling_config"]["min_replicas"] == 2
+    assert ingress["autoscaling_config"]["max_replicas"] == 4
+    assert ingress["max_replicas_per_node"] == 1
 
 
 def test_no_models_is_refused_with_a_sentence() -> None:
