@@ -25,7 +25,7 @@ $(BIN)/python:
 # torch first, pinned: any other version would download a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[optimize,serving,deploy,dev]'
+	$(BIN)/pip install -q -e '.[optimize,serving,deploy,dev,bench]'
 	touch $@
 
 # System packages the tests use: a real Prometheus and promtool (Debian package).
@@ -63,9 +63,14 @@ $(ARTIFACTS)/int8/manifest.json: | install
 bench: $(ARTIFACTS)/int8/manifest.json  ## build the default artifacts if missing, bench them beside PyTorch eager
 	$(BIN)/sluiceway bench --artifacts $(ARTIFACTS) --threads 2 --seconds 3 --eval-clips 500 --output $(BENCH_OUT)
 
-bench-serve: $(ARTIFACTS)/int8/manifest.json  ## serving overhead vs a no-op Serve app; open-loop overload with/without spillover
+# The tiny preset, for the bench's routing capacity and its small-model goodput sweep.
+TINY ?= artifacts/wav2vec2-tiny
+$(TINY)/int8/manifest.json: | install
+	$(BIN)/sluiceway optimize --model wav2vec2-tiny --output $(TINY) --variants fp32,int8 --seconds 1 --quiet
+
+bench-serve: $(ARTIFACTS)/int8/manifest.json $(TINY)/int8/manifest.json  ## overhead vs a no-op app and relay, routing capacity, overload, goodput sweep vs LitServe
 	mkdir -p bench-results
-	set -o pipefail; $(BIN)/python -m serving.bench --artifacts $(ARTIFACTS) | grep -v '(raylet)' | tee bench-results/serve.md
+	set -o pipefail; $(BIN)/python -m serving.bench --artifacts $(ARTIFACTS) --tiny $(TINY) --output bench-results | grep -v '(raylet)' | tee bench-results/serve.md
 
 PORT ?= 8000
 serve: $(ARTIFACTS)/int8/manifest.json  ## build the default artifacts if missing, serve them on localhost:$(PORT)

@@ -113,7 +113,8 @@ def chart_values(
     ``uri_prefix/<artifact directory name>`` when a prefix is given, e.g. a bucket URL or a
     PVC mount path such as ``/artifacts/w2v``, else the artifact's absolute local path;
     ``sha256`` is the manifest's model.onnx digest), ``serving.pools.<pool>`` (device,
-    threads, ``num_cpus`` = threads, one GPU and dynamic batching on cuda, resources
+    CPUs (``num_cpus``; one thread per model call and as many calls at once on cpu, two
+    batched calls on cuda), one GPU on cuda, resources
     ``{pool-<pool>: 1}``, replicas between max(1, min_replicas) and max_replicas) and a
     worker group ``workerGroups.<pool>`` whose pods each hold one replica:
 
@@ -367,17 +368,31 @@ def _worker_group(
     return group
 
 
+# Rows a replica may hold waiting; the SLO decides how much of it is used before shedding.
+QUEUE_ROWS = 64
+
+
 def _serving_pool(pool: str, spec: PoolArtifact, threads: int) -> dict[str, Any]:
+    """A pod's CPUs go to model calls: on a CPU pool one thread per call and as many calls
+    at once as CPUs (the least CPU per request, no call waiting for a core another holds);
+    on a GPU pool two batched calls at once, each with the CPUs for ONNX Runtime's own
+    threads."""
     config: dict[str, Any] = {
         "device": spec.device,
         "replicas": {"min": max(1, spec.min_replicas), "max": spec.max_replicas},
         "num_cpus": threads,
-        "threads": threads,
         "resources": {f"pool-{pool}": 1},
+        "max_queued_requests": QUEUE_ROWS,
     }
     if spec.device == "cuda":
-        config["num_gpus"] = 1
-        config["batching"] = BatchingConfig().model_dump()
+        config |= {
+            "num_gpus": 1,
+            "threads": threads,
+            "max_ongoing_requests": 2,
+            "batching": BatchingConfig(max_batch_size=16).model_dump(),
+        }
+    else:
+        config |= {"threads": 1, "max_ongoing_requests": threads}
     return config
 
 

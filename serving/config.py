@@ -80,7 +80,16 @@ class PoolConfig(_Frozen):
     replicas: ReplicasConfig = ReplicasConfig()
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
-    threads: int = Field(1, ge=1, le=256, description="ONNX Runtime intra-op threads per replica")
+    threads: int = Field(
+        1, ge=1, le=256, description="ONNX Runtime intra-op threads per model call"
+    )
+    spin_threads: bool = Field(
+        False,
+        description=(
+            "let ONNX Runtime's intra-op threads spin between runs: a little lower latency "
+            "on cores nothing else needs, CPU burnt where they are shared"
+        ),
+    )
     nice: int = Field(
         0,
         ge=0,
@@ -147,6 +156,15 @@ class RoutingConfig(_Frozen):
         2.0,
         gt=0,
         description="replicas' load reports and latency samples older than this are stale",
+    )
+    retry_storm_ratio: float = Field(
+        4.0,
+        ge=0,
+        description=(
+            "refusals per answer (over the last second or two) taken as a retry storm: "
+            "refused clients come straight back, so an ingress stops refusing for the SLO "
+            "for a few seconds and queues up to the pools' own limits instead (0: never)"
+        ),
     )
     sample_seconds: float = Field(
         0.5,

@@ -23,6 +23,7 @@ STUDENT = "student-int8"
 # One machine: CPU inference shares its cores with the HTTP proxy and the ingress, which
 # must stay prompt (routing, shedding, health checks) while inference keeps every core busy.
 LOCAL_NICE = 19  # Ray's workers (proxy, ingress) run at 15
+QUEUE_ROWS = 64
 
 
 def cpu_artifact(directory: Path) -> str:
@@ -48,7 +49,7 @@ def cuda_usable() -> bool:
 
 
 def config_for_artifacts(
-    directory: Path, *, gpu: bool, port: int = 8000, cpu_threads: int | None = None
+    directory: Path, *, gpu: bool, port: int = 8000, cores: int | None = None
 ) -> ServingConfig:
     """One model from ``directory`` (its name), served on GPU (if ``gpu``) then CPU."""
     pools = ["gpu", "cpu"] if gpu else ["cpu"]
@@ -61,8 +62,25 @@ def config_for_artifacts(
                 f"`sluiceway optimize --output {directory}`"
             )
         artifacts[pool] = {"uri": str(path.resolve()), "sha256": model_digest(read_manifest(path))}
-    threads = cpu_threads or max(1, (os.cpu_count() or 2))
+    cores = cores or max(1, os.cpu_count() or 2)
     name = directory.resolve().name.lower().replace("_", "-").replace(".", "-")
+    cpu_pool = {
+        "num_cpus": 1,
+        # One thread per model call, as many calls at once as cores: the CPU time a clip
+        # costs is least on one thread, and no call waits for a core another holds.
+        "threads": 1,
+        "max_ongoing_requests": cores,
+        "nice": LOCAL_NICE,
+        # Room to queue; the SLO decides how much of it is used before shedding.
+        "max_queued_requests": QUEUE_ROWS,
+    }
+    gpu_pool = {
+        "device": "cuda",
+        "num_gpus": 1,
+        "max_ongoing_requests": 2,
+        "batching": {"max_batch_size": 16},
+        "max_queued_requests": QUEUE_ROWS,
+    }
     return parse_config(
         {
             "models": {
@@ -71,31 +89,9 @@ def config_for_artifacts(
                     "routing": {"pools": pools},
                 }
             },
-            "pools": {
-                "gpu": {
-                    "device": "cuda",
-                    "num_gpus": 1,
-                    "max_ongoing_requests": 8,
-                    "batching": {"max_batch_size": 8},
-                },
-                "cpu": {
-                    "num_cpus": 1,
-                    "threads": threads,
-                    "nice": LOCAL_NICE,
-                    "max_ongoing_requests": 2,
-                    "max_queued_requests": 8,
-                },
-            }
-            if gpu
-            else {
-                "cpu": {
-                    "num_cpus": 1,
-                    "threads": threads,
-                    "nice": LOCAL_NICE,
-                    "max_ongoing_requests": 2,
-                    "max_queued_requests": 8,
-                },
-            },
+            "pools": {"gpu": gpu_pool, "cpu": cpu_pool} if gpu else {"cpu": cpu_pool},
+            # Two, as in the chart: one lost (or replaced on redeploy) is not an outage.
+            "ingress": {"replicas": {"min": 2, "max": 2}},
             "http": {"host": "127.0.0.1", "port": port},
         },
         origin=f"default config for {directory}",

@@ -73,6 +73,8 @@ def load_variant(ref: ArtifactRef, pool: PoolConfig) -> LoadedVariant:
     options.intra_op_num_threads = pool.threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    if not pool.spin_threads:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(
         str(directory / MODEL_FILE), options, providers=_PROVIDERS[pool.device]
     )

@@ -88,6 +88,10 @@ class SpilloverPolicy(RoutingPolicy):
             return Reason.SPILL_LATENCY
         return None
 
+    def _room(self, pools: Sequence[PoolView]) -> PoolView | None:
+        """The first healthy pool below its own limits, the SLO aside."""
+        return next((p for p in pools if p.healthy and not p.saturated), None)
+
     def _fits(self, pool: PoolView) -> bool:
         """Room left, and a new request there is expected to meet the SLO.
 
@@ -107,16 +111,22 @@ class SpilloverPolicy(RoutingPolicy):
             return True
         return False
 
-    def admits(self, pools: Sequence[PoolView]) -> bool:
+    def admits(self, pools: Sequence[PoolView], *, queue_past_slo: bool = False) -> bool:
         """Whether ``choose`` would route a request now rather than shed it (no state
         changes: the edge check before a body is read)."""
-        return any(self._fits(p) for p in pools if p.healthy)
+        if any(self._fits(p) for p in pools if p.healthy):
+            return True
+        return queue_past_slo and self._room(pools) is not None
 
-    def choose(self, pools: Sequence[PoolView]) -> Decision:
+    def choose(self, pools: Sequence[PoolView], *, queue_past_slo: bool = False) -> Decision:
+        """``queue_past_slo``: rather than shed for the SLO, queue where a pool's own limits
+        allow (a retry storm, ``serving.routing.storm``)."""
         healthy = [p for p in pools if p.healthy]
         preferred = pools[0]
         if not preferred.healthy:
             fallback = next((p for p in healthy if self._fits(p)), None)
+            if fallback is None and queue_past_slo:
+                fallback = self._room(healthy)
             if fallback is None:
                 return Decision(None, Reason.SHED)
             return Decision(fallback.name, Reason.FAILOVER)
@@ -134,4 +144,7 @@ class SpilloverPolicy(RoutingPolicy):
         # 503 + Retry-After beats a queue that breaks the SLO for everyone.
         if self._fits(preferred):
             return Decision(preferred.name, Reason.PRIMARY)
+        room = self._room(healthy) if queue_past_slo else None
+        if room is not None:
+            return Decision(room.name, Reason.PRIMARY if room is preferred else spill)
         return Decision(None, Reason.SHED)

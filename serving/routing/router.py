@@ -50,6 +50,7 @@ from serving.errors import (
 from serving.metrics import IngressMetrics
 from serving.routing.policy import Decision, Reason, SpilloverPolicy
 from serving.routing.pool_stats import ANY_REPLICA, Clock, PoolStats, PoolView, ReplicaState
+from serving.routing.storm import StormGuard
 from serving.routing.variants import VariantSplitter
 
 logger = logging.getLogger(__name__)
@@ -172,6 +173,7 @@ class ModelRouter:
             sample_s=routing.sample_seconds,
             clock=clock,
         )
+        self.storm = StormGuard(ratio=routing.retry_storm_ratio, clock=clock)
         self.splitter = VariantSplitter({n: v.weight for n, v in config.variants.items()})
         self._tags = {"model": name}
 
@@ -284,10 +286,13 @@ class ModelRouter:
     def refuse_if_full(self) -> None:
         """Shed now, before the request's body is read, when it would be shed anyway."""
         views = self.views(set(), set())
-        if not self.policy.admits(views) and any(v.healthy for v in views):
+        if not self.policy.admits(views, queue_past_slo=self.storm.active) and any(
+            v.healthy for v in views
+        ):
             raise self._shed()
 
     def _shed(self) -> PoolSaturated:
+        self.storm.refused()
         self._metrics.rejected.inc(tags=self._tags | {"reason": "saturated"})
         retry = str(self.config.routing.retry_after_seconds)
         return PoolSaturated(
@@ -353,7 +358,7 @@ class ModelRouter:
         updating: set[str] = set()  # pools tried while Serve replaces their replicas
         budget = 4 + 2 * sum(max(1, len(s.replicas)) for s in self.stats.values())
         for _ in range(budget):
-            decision = self.policy.choose(self.views(lost, full))
+            decision = self.policy.choose(self.views(lost, full), queue_past_slo=self.storm.active)
             pool = decision.pool
             if pool is None:
                 pool = self._last_resort(updating)
@@ -412,6 +417,7 @@ class ModelRouter:
             if outcome.status is Status.MODEL_ERROR:
                 raise ModelError(f"model {self.name!r}, variant {variant!r}: {outcome.detail}")
             stats.record_service(outcome.run_s)
+            self.storm.answered()
             self._record_spill(decision)
             assert outcome.outputs is not None
             return Routed(

@@ -74,7 +74,9 @@ def test_artifacts_carry_the_manifest_digest_and_the_uri_under_the_prefix(
     assert config.pools["gpu"].device == "cuda" and config.pools["gpu"].num_gpus == 1
     assert config.pools["gpu"].batching is not None and config.pools["cpu"].batching is None
     assert config.pools["cpu"].resources == {"pool-cpu": 1}
-    assert (config.pools["cpu"].threads, config.pools["cpu"].num_cpus) == (2, 2)
+    # a CPU pod's two CPUs run two model calls of one thread each
+    cpu = config.pools["cpu"]
+    assert (cpu.threads, cpu.max_ongoing_requests, cpu.num_cpus) == (1, 2, 2)
 
 
 @pytest.mark.slow

@@ -118,7 +118,19 @@ def test_fails_over_when_every_fast_replica_is_killed_mid_load(
     original = model_file.read_bytes()
 
     async def scenario() -> list[httpx.Response]:
-        load = asyncio.create_task(fire(base, count=120, concurrency=4))
+        """Load runs until the kill has shown (failovers served), however fast it goes."""
+        responses: list[httpx.Response] = []
+        killed = asyncio.Event()
+        stop = asyncio.Event()
+
+        async def client() -> None:
+            while not stop.is_set():
+                batch = await fire(base, count=1, concurrency=1)
+                responses.extend(batch)
+                if killed.is_set() and batch[0].headers.get("x-sluiceway-route") == "failover":
+                    stop.set()
+
+        load = asyncio.gather(*(client() for _ in range(4)))
         await asyncio.sleep(1.0)
         victims = [
             a for a in ray.util.list_named_actors(all_namespaces=True) if "#tiny-fast#" in a["name"]
@@ -127,14 +139,20 @@ def test_fails_over_when_every_fast_replica_is_killed_mid_load(
         model_file.write_bytes(original[:-16] + bytes(16))  # replacements will refuse it
         for actor in victims:  # replicas this test's cluster started: every one of the pool
             ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
-        return await load
+        killed.set()
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=30)
+        finally:
+            stop.set()
+            await load
+        return responses
 
     try:
         during = asyncio.run(scenario())
     finally:
         model_file.write_bytes(original)  # the node comes back
     codes = Counter(r.status_code for r in during)
-    assert codes == {200: 120}, codes
+    assert codes == {200: len(during)}, codes
     assert any(r.headers["x-sluiceway-route"] == "failover" for r in during)
     # Serve keeps replacing the replica; once one starts, the router's probe sees it
     assert eventually_served_by(base, "fast", deadline_s=120), "fast pool never came back"

@@ -104,6 +104,7 @@ env:
   - {name: RAY_SERVE_ROUTER_RETRY_MAX_BACKOFF_S, value: "0.05"}
   - {name: RAY_SERVE_ENABLE_HA_PROXY, value: "1"}
   - {name: RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S, value: "5"}
+  - {name: RAY_SERVE_THROUGHPUT_OPTIMIZED, value: "1"}
   - {name: RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S, value: "60"}
   - {name: RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S, value: "30"}
   - {name: SLUICEWAY_ARTIFACT_CACHE, value: {{ include "sluiceway.cacheDir" . | quote }}}
