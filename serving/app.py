@@ -212,7 +212,7 @@ class Ingress:
     def _report_load(self) -> None:
         """Each pool's load as this ingress sees it (a gauge: sampled, not per request)."""
         for router in self._routers.values():
-            for view in router.views(set(), set()):
+            for view in router.views():
                 tags = {"model": router.name, "pool": view.name}
                 self._metrics.inflight.set(view.held, tags=tags)
 
@@ -415,7 +415,7 @@ class Ingress:
                                 for state in ReplicaState
                             },
                         }
-                        for v in router.views(set(), set())
+                        for v in router.views()
                     ],
                     "spilling": router.policy.spilling,
                 }

@@ -95,15 +95,15 @@ class SpilloverPolicy(RoutingPolicy):
     def _fits(self, pool: PoolView) -> bool:
         """Room left, and a new request there is expected to meet the SLO.
 
-        An idle pool always fits: its recent latency is stale, and refusing it work would
-        keep it stale (and shed everything) forever. A pool with no fresh latency takes up
-        to its queue limit: refusing it would shed on a fresh server with room (a pool that
-        must not queue says so with ``max_queued_requests: 0``).
+        A pool with no fresh latency fits up to its limits: refusing it work would shed on a
+        fresh server with room, and keep a pool nobody sent to unmeasured forever (its old
+        figures age out after ``signal_ttl_seconds``, so a slow pool is tried again that
+        often). A pool that must not queue says so with ``max_queued_requests: 0``.
         """
-        if pool.held == 0:
-            return True
         expected = pool.expected_latency_s()
-        return not pool.saturated and (expected is None or expected <= self._slo_s)
+        if expected is None:
+            return pool.held == 0 or not pool.saturated
+        return not pool.saturated and expected <= self._slo_s
 
     def _sample_due(self, primary: PoolView, now: float) -> bool:
         if primary.idle_slot and now - self._last_sample >= self._sample_s:

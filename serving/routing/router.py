@@ -48,6 +48,7 @@ from serving.errors import (
     UnknownModel,
 )
 from serving.metrics import IngressMetrics
+from serving.routing.dispatch import Dispatcher, Target
 from serving.routing.policy import Decision, Reason, SpilloverPolicy
 from serving.routing.pool_stats import ANY_REPLICA, Clock, PoolStats, PoolView, ReplicaState
 from serving.routing.storm import StormGuard
@@ -174,6 +175,7 @@ class ModelRouter:
             clock=clock,
         )
         self.storm = StormGuard(ratio=routing.retry_storm_ratio, clock=clock)
+        self.dispatcher = Dispatcher(self.order, self.stats, self.policy, self.storm)
         self.splitter = VariantSplitter({n: v.weight for n, v in config.variants.items()})
         self._tags = {"model": name}
 
@@ -181,17 +183,9 @@ class ModelRouter:
         """The handle of ``pool``'s deployment (for calls that are not requests)."""
         return self._handles[pool]
 
-    def views(self, lost: set[str], full: set[str]) -> list[PoolView]:
-        """Snapshots for one decision; pools this request found lost or full are shown so."""
-        views = []
-        for pool in self.order:
-            view = self.stats[pool].view()
-            if pool in lost:
-                view = dataclasses.replace(view, healthy=False)
-            elif pool in full:
-                view = dataclasses.replace(view, held=view.capacity + view.queue_limit)
-            views.append(view)
-        return views
+    def views(self) -> list[PoolView]:
+        """Each pool as this ingress sees it now."""
+        return self.dispatcher.views()
 
     # -- what Serve's controller says, and what the watcher finds ------------------------
 
@@ -285,10 +279,7 @@ class ModelRouter:
 
     def refuse_if_full(self) -> None:
         """Shed now, before the request's body is read, when it would be shed anyway."""
-        views = self.views(set(), set())
-        if not self.policy.admits(views, queue_past_slo=self.storm.active) and any(
-            v.healthy for v in views
-        ):
+        if not self.dispatcher.admits() and any(s.healthy for s in self.stats.values()):
             raise self._shed()
 
     def _shed(self) -> PoolSaturated:
@@ -358,19 +349,15 @@ class ModelRouter:
         updating: set[str] = set()  # pools tried while Serve replaces their replicas
         budget = 4 + 2 * sum(max(1, len(s.replicas)) for s in self.stats.values())
         for _ in range(budget):
-            decision = self.policy.choose(self.views(lost, full), queue_past_slo=self.storm.active)
-            pool = decision.pool
-            if pool is None:
+            target = self.dispatcher.target(job.rows, lost, full)
+            if target is None:  # shed, unless every pool is lost and one is being replaced
                 pool = self._last_resort(updating)
                 updating.add(pool)
                 reason = Reason.PRIMARY if pool == self.order[0] else Reason.FAILOVER
-                decision = Decision(pool, reason)
+                # Serve holds the call until a new replica of that pool runs.
+                target = Target(pool, ANY_REPLICA, Decision(pool, reason))
+            pool, replica, decision = target.pool, target.replica, target.decision
             stats = self.stats[pool]
-            # A pool being updated has no replica to pick: Serve holds the call for one.
-            replica = ANY_REPLICA if pool in updating else stats.pick(job.rows)
-            if replica is None:
-                full.add(pool)
-                continue
             start = self._clock()
             try:
                 reply = await self._send(pool, replica, job)

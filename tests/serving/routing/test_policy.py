@@ -95,12 +95,16 @@ def test_sheds_when_no_pool_has_room_within_the_slo() -> None:
     assert p.choose([view("gpu", healthy=False), cpu_full]).pool is None
 
 
-def test_an_idle_pool_is_never_shed_for_its_stale_latency() -> None:
+def test_a_pool_is_tried_when_its_latency_is_stale_but_not_when_it_is_fresh_and_slow() -> None:
     p = policy(FakeClock())
-    stale_gpu = view("gpu", held=9, capacity=4, queue=4, service=0.5)
-    idle_cpu = view("cpu", held=0, service=0.9)  # last seen far over the 0.2 s SLO
-    decision = p.choose([stale_gpu, idle_cpu])
+    full_gpu = view("gpu", held=9, capacity=4, queue=4, service=0.5)
+    # no fresh figure (it aged out): an idle pool is worth a try
+    stale_cpu = view("cpu", held=0, service=None)
+    decision = p.choose([full_gpu, stale_cpu])
     assert (decision.pool, decision.reason) == ("cpu", Reason.SPILL_SATURATED)
+    # a fresh figure far over the 0.2 s SLO: even idle, it cannot meet it; shed
+    slow_cpu = view("cpu", held=0, service=0.9)
+    assert p.choose([full_gpu, slow_cpu]).reason is Reason.SHED
 
 
 def test_hysteresis_keeps_using_the_preferred_pool_when_it_meets_the_slo() -> None:

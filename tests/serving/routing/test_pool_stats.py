@@ -145,3 +145,59 @@ def test_an_idle_replica_takes_a_request_larger_than_its_room(rows: int) -> None
     stats = pool(FakeClock(), capacity=1, queue=0)
     stats.set_members(["r1"])
     assert stats.pick(rows) == "r1"
+
+
+def test_among_many_replicas_a_free_slot_anywhere_is_found() -> None:
+    clock = FakeClock()
+    stats = pool(clock, capacity=1, queue=0)
+    members = [f"r{i}" for i in range(50)]
+    stats.set_members(members)
+    for replica in members[:-1]:
+        stats.sent(replica, 1)  # every replica but the last is busy
+    assert stats.pick() == "r49"
+    stats.sent("r49", 1)
+    assert stats.pick() is None
+
+
+def test_running_totals_match_a_recount_after_any_sequence_of_events() -> None:
+    """The pool's load is kept as a running total; it must equal the sum over up replicas
+    of each one's load, however events interleave (random, seeded)."""
+    clock = FakeClock()
+    stats = pool(clock, capacity=2, queue=3)
+    rng = random.Random(5)
+    names = [f"r{i}" for i in range(6)]
+    stats.set_members(names[:4])
+    for _ in range(3000):
+        name = rng.choice(names)
+        event = rng.random()
+        if event < 0.3:
+            stats.sent(name, rng.randint(1, 2))
+        elif event < 0.55:
+            stats.ended(name, rng.randint(1, 2))
+        elif event < 0.75:
+            stats.answered(name, held=rng.randint(0, 6))
+        elif event < 0.82:
+            stats.mark(name, rng.choice(list(ReplicaState)))
+        elif event < 0.85:
+            stats.set_members(rng.sample(names, rng.randint(1, 6)))
+        else:
+            clock.now += rng.choice([0.1, 0.5, 1.5, 3.0])
+        expected = 0
+        for replica in stats.replicas.values():
+            if replica.state is not ReplicaState.UP:
+                continue
+            fresh = clock.now - replica.report_at <= stats.ttl_s
+            own = replica.outstanding
+            expected += max(own, replica.report_held + replica.sent_since_report) if fresh else own
+        assert stats.view().held == expected
+
+
+def test_calls_sent_before_the_replicas_were_known_leave_no_load_behind() -> None:
+    clock = FakeClock()
+    stats = pool(clock)
+    for _ in range(3):
+        stats.sent(ANY_REPLICA, 1)
+    stats.set_members(["r1"])
+    for _ in range(3):
+        stats.ended(ANY_REPLICA, 1)
+    assert stats.view().held == 0
