@@ -62,7 +62,7 @@ class Dispatcher:
             decision = self.policy.choose(self.views(lost, full), queue_past_slo=self.storm.active)
             if decision.pool is None:
                 return None
-            replica = self.stats[decision.pool].pick(rows)
+            replica = self.stats[decision.pool].pick(rows, decision.within_s)
             if replica is not None:
                 return Target(decision.pool, replica, decision)
             full.add(decision.pool)

@@ -23,10 +23,16 @@ class Reason(StrEnum):
 
 @dataclass(frozen=True)
 class Decision:
-    """Where one request goes; ``pool`` is None when it is shed."""
+    """Where one request goes; ``pool`` is None when it is shed.
+
+    ``within_s``: the latency the request must be expected to meet on the replica it gets
+    (``PoolStats.pick``); None for a sample or a request queued past the SLO, which only
+    need room.
+    """
 
     pool: str | None
     reason: Reason
+    within_s: float | None = None
 
 
 class RoutingPolicy(ABC):
@@ -41,13 +47,17 @@ class RoutingPolicy(ABC):
 
 
 class SpilloverPolicy(RoutingPolicy):
-    """Preferred pool first; spill to the next when its expected latency breaks the SLO.
+    """Preferred pool first; spill to the next when it is full or its expected latency
+    breaks the SLO; shed when no pool can serve a request within the SLO.
 
-    Hysteresis: once spilling starts it lasts at least ``min_spill_s`` and until the
-    preferred pool's expected latency is below ``slo_s * (1 - hysteresis)``. While spilling
-    for latency, one request per ``sample_s`` still goes to the preferred pool when it has
-    an idle slot, so that its latency is measured afresh and traffic comes back once it is
-    fast again (a pool nobody sends to would otherwise keep its last, slow, figure).
+    Spilling is a state with hysteresis: it starts when the preferred pool cannot take a
+    request and lasts until it has taken every request for ``min_spill_s``. While it lasts,
+    the preferred pool still takes every request it can serve within
+    ``slo_s * (1 - hysteresis)`` (the cheaper pool stays busy; only the excess spills, and
+    an estimate hovering at the SLO does not flip requests back and forth), and, when its
+    latency alone broke the SLO, one request per ``sample_s`` in an idle slot, so that its
+    latency is measured afresh and traffic comes back once it is fast again (a pool nobody
+    sends to would otherwise keep its last, slow, figure).
     """
 
     def __init__(
@@ -64,87 +74,87 @@ class SpilloverPolicy(RoutingPolicy):
         self._min_spill_s = min_spill_s
         self._sample_s = sample_s
         self._clock = clock
-        self._spilling_since: float | None = None
-        self._last_sample = -float("inf")
+        self._last_spill = -float("inf")  # when the preferred pool last could not take one
+        self._last_sample: dict[str, float] = {}  # pool -> when a sample request last went
 
     @property
     def spilling(self) -> bool:
-        return self._spilling_since is not None
-
-    def _update_spill_state(self, primary: PoolView, now: float) -> Reason | None:
-        """The spill reason while spilling, else None."""
-        expected = primary.expected_latency_s()
-        if primary.saturated:
-            self._spilling_since = self._spilling_since or now
-            return Reason.SPILL_SATURATED
-        if expected is not None and expected > self._slo_s:
-            self._spilling_since = self._spilling_since or now
-            return Reason.SPILL_LATENCY
-        if self._spilling_since is not None:
-            calm = expected is None or expected < self._resume_s
-            if calm and now - self._spilling_since >= self._min_spill_s:
-                self._spilling_since = None
-                return None
-            return Reason.SPILL_LATENCY
-        return None
+        return self._clock() - self._last_spill < self._min_spill_s
 
     def _room(self, pools: Sequence[PoolView]) -> PoolView | None:
         """The first healthy pool below its own limits, the SLO aside."""
         return next((p for p in pools if p.healthy and not p.saturated), None)
 
-    def _fits(self, pool: PoolView) -> bool:
-        """Room left, and a new request there is expected to meet the SLO.
+    def _was_slow(self, pool: PoolView) -> bool:
+        """Nothing fresh is known, and the last figure known broke the SLO by itself."""
+        last = pool.last_service_time_s
+        return pool.service_time_s is None and last is not None and last > self._slo_s
+
+    def _fits(self, pool: PoolView, bound_s: float, *, sample: bool = False) -> bool:
+        """Room left, and a new request there is expected to finish within ``bound_s``.
 
         A pool with no fresh latency fits up to its limits: refusing it work would shed on a
-        fresh server with room, and keep a pool nobody sent to unmeasured forever (its old
-        figures age out after ``signal_ttl_seconds``, so a slow pool is tried again that
-        often). A pool that must not queue says so with ``max_queued_requests: 0``.
+        fresh server with room. But one whose last known latency broke the SLO gets only a
+        sample request per ``sample_s`` (when ``sample``, in an idle slot): its old figures
+        age out after ``signal_ttl_seconds``, and filling it up again each time they do would
+        break the SLO for all it holds. A pool that must not queue says so with
+        ``max_queued_requests: 0``.
         """
         expected = pool.expected_latency_s()
-        if expected is None:
-            return pool.held == 0 or not pool.saturated
-        return not pool.saturated and expected <= self._slo_s
+        if expected is not None:
+            return not pool.saturated and expected <= bound_s
+        if self._was_slow(pool):
+            return sample and self._sample_due(pool, self._clock())
+        return pool.held == 0 or not pool.saturated
 
-    def _sample_due(self, primary: PoolView, now: float) -> bool:
-        if primary.idle_slot and now - self._last_sample >= self._sample_s:
-            self._last_sample = now
+    def _sample_due(self, pool: PoolView, now: float) -> bool:
+        last = self._last_sample.get(pool.name, -float("inf"))
+        if pool.idle_slot and now - last >= self._sample_s:
+            self._last_sample[pool.name] = now
             return True
         return False
 
     def admits(self, pools: Sequence[PoolView], *, queue_past_slo: bool = False) -> bool:
         """Whether ``choose`` would route a request now rather than shed it (no state
         changes: the edge check before a body is read)."""
-        if any(self._fits(p) for p in pools if p.healthy):
-            return True
-        return queue_past_slo and self._room(pools) is not None
+        healthy = [p for p in pools if p.healthy]
+        if any(self._fits(p, self._slo_s) or self._was_slow(p) for p in healthy):
+            return True  # a pool that was slow may take a sample: ``choose`` decides
+        return queue_past_slo and pools[0].healthy and self._room(pools) is not None
 
     def choose(self, pools: Sequence[PoolView], *, queue_past_slo: bool = False) -> Decision:
-        """``queue_past_slo``: rather than shed for the SLO, queue where a pool's own limits
-        allow (a retry storm, ``serving.routing.storm``)."""
+        """``pools`` in order of preference. ``queue_past_slo``: rather than shed for the
+        SLO, queue where a pool's own limits allow (a retry storm, see
+        ``serving.routing.storm``); not while failing over, when refusals come from a lost
+        pool, not from clients retrying at once."""
+        slo = self._slo_s
         healthy = [p for p in pools if p.healthy]
         preferred = pools[0]
         if not preferred.healthy:
-            fallback = next((p for p in healthy if self._fits(p)), None)
-            if fallback is None and queue_past_slo:
-                fallback = self._room(healthy)
+            fallback = next((p for p in healthy if self._fits(p, slo, sample=True)), None)
             if fallback is None:
                 return Decision(None, Reason.SHED)
-            return Decision(fallback.name, Reason.FAILOVER)
+            return Decision(fallback.name, Reason.FAILOVER, slo)
         now = self._clock()
-        spill = self._update_spill_state(preferred, now)
-        if spill is None:
-            return Decision(preferred.name, Reason.PRIMARY)
-        if spill is Reason.SPILL_LATENCY and self._sample_due(preferred, now):
-            return Decision(preferred.name, Reason.SAMPLE)
+        bound = self._resume_s if self.spilling else slo
+        if self._fits(preferred, bound):
+            return Decision(preferred.name, Reason.PRIMARY, bound)
+        self._last_spill = now
+        if preferred.saturated:
+            reason = Reason.SPILL_SATURATED
+        else:
+            reason = Reason.SPILL_LATENCY
+            if self._sample_due(preferred, now):
+                return Decision(preferred.name, Reason.SAMPLE)
         for other in healthy[1:]:
-            if self._fits(other):
-                return Decision(other.name, spill)
-        # Nowhere to spill: the preferred pool if it can still meet the SLO (hysteresis
-        # keeps the spill state a little longer than strictly needed), else shed: a quick
-        # 503 + Retry-After beats a queue that breaks the SLO for everyone.
-        if self._fits(preferred):
-            return Decision(preferred.name, Reason.PRIMARY)
+            if self._fits(other, slo, sample=True):
+                return Decision(other.name, reason, slo)
+        # Nowhere to spill: the preferred pool if it can still meet the SLO itself (the
+        # hysteresis bound is stricter), else shed: a quick 503 + Retry-After beats a queue
+        # that breaks the SLO for everyone.
+        if bound < slo and self._fits(preferred, slo):
+            return Decision(preferred.name, Reason.PRIMARY, slo)
         room = self._room(healthy) if queue_past_slo else None
         if room is not None:
-            return Decision(room.name, Reason.PRIMARY if room is preferred else spill)
+            return Decision(room.name, Reason.PRIMARY if room is preferred else reason)
         return Decision(None, Reason.SHED)

@@ -20,8 +20,9 @@ requests a second through this code).
 
 from __future__ import annotations
 
+import bisect
+import math
 import random
-import statistics
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from enum import StrEnum
 Clock = Callable[[], float]
 ANY_REPLICA = ""  # no replica known yet: let Serve pick one
 SAMPLED_PICK = 8  # above this many replicas, pick the better of two at random first
+QUANTILE = 0.9  # of recent model-call times, for the SLO decisions
 
 
 class ReplicaState(StrEnum):
@@ -47,7 +49,8 @@ class PoolView:
     held: int  # rows the pool holds (running and waiting), from every ingress, as known
     capacity: int  # rows its up replicas run at once
     queue_limit: int  # rows they may hold waiting beyond that
-    service_time_s: float | None  # recent median model-call time; None when nothing fresh
+    service_time_s: float | None  # recent model-call time (p90); None when nothing fresh
+    last_service_time_s: float | None = None  # the last one known, however old
 
     @property
     def saturated(self) -> bool:
@@ -59,11 +62,13 @@ class PoolView:
         return self.held < self.capacity
 
     def expected_latency_s(self) -> float | None:
-        """Latency a new request would see: a model call, plus waiting for one when full."""
+        """Latency a new request would see: its own model call, after every round of calls
+        the pool must run before it starts (a round serves ``capacity`` rows). Whole rounds,
+        not fractions: a request that just missed a batch waits for all of it."""
         if self.service_time_s is None:
             return None
-        waiting = max(0, self.held + 1 - self.capacity)
-        return self.service_time_s * (1 + waiting / max(1, self.capacity))
+        rounds_ahead = max(0, math.ceil((self.held + 1) / max(1, self.capacity)) - 1)
+        return self.service_time_s * (1 + rounds_ahead)
 
 
 class ReplicaStats:
@@ -138,8 +143,10 @@ class PoolStats:
         self._expected = expected_replicas
         self._any = ReplicaStats(ANY_REPLICA, clock())
         self._reports: deque[tuple[float, ReplicaStats]] = deque()  # (stale at, replica)
-        self._samples: deque[tuple[float, float]] = deque(maxlen=window)
-        self._service_s: float | None = None
+        self._window = window
+        self._samples: deque[tuple[float, float]] = deque()  # (when, seconds), oldest first
+        self._sorted: list[float] = []  # the same seconds, in order (for the quantile)
+        self._last_known: float | None = None  # the last estimate, kept when samples age out
         self.lost = False  # the whole pool: no replica running (Serve says so)
 
     # -- running totals --------------------------------------------------------------
@@ -212,12 +219,14 @@ class PoolStats:
 
     # -- choosing a replica ----------------------------------------------------------
 
-    def pick(self, rows: int = 1) -> str | None:
-        """The up replica with the least load that has room for ``rows``; None when none has.
+    def pick(self, rows: int = 1, within_s: float | None = None) -> str | None:
+        """The up replica with the least load that has room for ``rows`` and, given what it
+        holds, is expected to serve them within ``within_s`` (whole rounds of calls before
+        theirs, at the pool's recent call time); None when no replica can.
         ``ANY_REPLICA`` while no replica is known yet.
 
         Among many replicas, the better of two taken at random (Serve's and most balancers'
-        power of two choices) when one of them has room; else every replica is looked at,
+        power of two choices) when one of them qualifies; else every replica is looked at,
         so that a free slot anywhere is found before a request waits or spills.
         """
         self._age_reports(self._clock())
@@ -227,6 +236,12 @@ class PoolStats:
                 return None
             return ANY_REPLICA
         limit = self.replica_capacity + self.replica_queue
+        service = self.service_time_s()
+        if within_s is not None and service is not None and service > 0:
+            rounds = math.floor(within_s / service)  # calls that fit: its own and those ahead
+            if rounds < 1:
+                return None  # even an idle replica would take longer
+            limit = min(limit, rounds * self.replica_capacity)
         up = self._up
         if len(up) > SAMPLED_PICK:
             first, second = self._rng.sample(up, 2)
@@ -311,20 +326,28 @@ class PoolStats:
 
     def record_service(self, seconds: float) -> None:
         """A model call's time (or a timed-out request's, capped at its deadline)."""
+        if len(self._samples) == self._window:
+            self._forget_oldest()
         self._samples.append((self._clock(), seconds))
-        self._service_s = None  # computed when next asked
+        bisect.insort(self._sorted, seconds)
+
+    def _forget_oldest(self) -> None:
+        _, seconds = self._samples.popleft()
+        del self._sorted[bisect.bisect_left(self._sorted, seconds)]
 
     def service_time_s(self) -> float | None:
-        """Median of the samples younger than ``ttl_s``."""
+        """The 90th percentile of the latest ``window`` samples younger than ``ttl_s``: the
+        SLO is a tail, and a request often runs in a fuller (slower) call than most."""
         horizon = self._clock() - self.ttl_s
         samples = self._samples
-        if samples and samples[0][0] < horizon:
-            while samples and samples[0][0] < horizon:
-                samples.popleft()
-            self._service_s = None
-        if self._service_s is None and samples:
-            self._service_s = statistics.median(s for _, s in samples)
-        return self._service_s
+        while samples and samples[0][0] < horizon:
+            self._forget_oldest()
+        ordered = self._sorted
+        if not ordered:
+            return None
+        estimate = ordered[min(len(ordered) - 1, int(QUANTILE * len(ordered)))]
+        self._last_known = estimate
+        return estimate
 
     # -- the policy's input ----------------------------------------------------------
 
@@ -343,4 +366,5 @@ class PoolStats:
             capacity=count * self.replica_capacity,
             queue_limit=count * self.replica_queue,
             service_time_s=self.service_time_s(),
+            last_service_time_s=self._last_known,
         )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from serving.routing.policy import Reason, SpilloverPolicy
+import pytest
+
+from serving.routing.policy import Decision, Reason, SpilloverPolicy
 from serving.routing.pool_stats import PoolView
 
 
@@ -21,6 +23,7 @@ def view(
     capacity: int = 4,
     queue: int = 4,
     service: float | None = 0.05,
+    last: float | None = None,
     healthy: bool = True,
 ) -> PoolView:
     return PoolView(
@@ -30,6 +33,7 @@ def view(
         capacity=capacity,
         queue_limit=queue,
         service_time_s=service,
+        last_service_time_s=last if last is not None else service,
     )
 
 
@@ -45,26 +49,25 @@ def test_preferred_pool_while_it_has_headroom() -> None:
 
 def test_spills_when_expected_wait_breaks_the_slo_then_comes_back_with_hysteresis() -> None:
     clock = FakeClock()
-    p = policy(clock)
-    # 4 running, 3 waiting: expected = 0.11 * (1 + 4/4) = 0.22 s > 0.2 s SLO
+    p = policy(clock)  # SLO 0.2 s, resume below 0.15 s, spill state at least 2 s
+    # 4 running, 3 waiting: a whole round of 4 before it, expected = 0.11 x 2 = 0.22 s
     busy = view("gpu", held=7, service=0.11)
-    assert p.choose([busy, view("cpu")]).reason is Reason.SPILL_LATENCY
-    # load drops just under the SLO but above SLO x 0.75: still spilling (hysteresis)
-    clock.now = 5.0
-    assert p.choose([view("gpu", held=4, service=0.18), view("cpu")]).pool == "cpu"
-    # well under: but only after min_spill_s since spilling began
+    assert p.choose([busy, view("cpu")]) == Decision("cpu", Reason.SPILL_LATENCY, 0.2)
+    assert p.spilling
+    # under the SLO but above 0.15 s while spilling: still spills (hysteresis), but for a
+    # sample request now and then (it has an idle slot)
     clock.now = 1.0
-    p2 = policy(clock)
-    p2.choose([busy, view("cpu")])
-    clock.now = 2.5
-    calm = [view("gpu", held=0, service=0.05), view("cpu")]
-    # the idle preferred pool gets a sample request, then the rest spill as before
-    assert p2.choose(calm).reason is Reason.SAMPLE
-    assert p2.choose(calm).pool == "cpu"
+    marginal = [view("gpu", held=3, service=0.18), view("cpu")]
+    assert p.choose(marginal) == Decision("gpu", Reason.SAMPLE)
+    assert p.choose(marginal).pool == "cpu"
+    # clearly under: the preferred pool takes it, though spilling lasts
+    assert p.choose([view("gpu", held=3, service=0.1), view("cpu")]).pool == "gpu"
+    assert p.spilling
+    # 2 s since the last spill: over; up to the SLO again
     clock.now = 3.5
-    decision = p2.choose([view("gpu", held=0, service=0.05), view("cpu")])
-    assert (decision.pool, decision.reason) == ("gpu", Reason.PRIMARY)
-    assert not p2.spilling
+    decision = p.choose([view("gpu", held=3, service=0.18), view("cpu")])
+    assert decision == Decision("gpu", Reason.PRIMARY, 0.2)
+    assert not p.spilling
 
 
 def test_saturated_preferred_pool_spills_with_that_reason() -> None:
@@ -105,6 +108,32 @@ def test_a_pool_is_tried_when_its_latency_is_stale_but_not_when_it_is_fresh_and_
     # a fresh figure far over the 0.2 s SLO: even idle, it cannot meet it; shed
     slow_cpu = view("cpu", held=0, service=0.9)
     assert p.choose([full_gpu, slow_cpu]).reason is Reason.SHED
+
+
+def test_a_pool_last_seen_slow_gets_samples_not_a_refill_when_its_figures_age_out() -> None:
+    clock = FakeClock()
+    p = policy(clock)
+    full_gpu = view("gpu", held=8, capacity=4, queue=4)
+    # the CPU pool broke the SLO; its figures aged out: one sample per interval in an idle
+    # slot, not a queue filled up again (it would break the SLO for all it held)
+    was_slow = view("cpu", held=0, service=None, last=0.9)
+    reasons = [p.choose([full_gpu, was_slow]).reason for _ in range(3)]
+    assert reasons == [Reason.SPILL_SATURATED, Reason.SHED, Reason.SHED]
+    assert p.admits([full_gpu, was_slow])  # the edge lets it through: choose decides
+    clock.now += 0.5
+    assert p.choose([full_gpu, was_slow]).pool == "cpu"
+    # last seen fast: an idle pool with nothing fresh takes work up to its limits
+    was_fast = view("cpu", held=3, capacity=4, service=None, last=0.05)
+    assert p.choose([full_gpu, was_fast]).pool == "cpu"
+
+
+def test_a_decision_carries_the_bound_the_replica_must_meet() -> None:
+    clock = FakeClock()
+    p = policy(clock)
+    assert p.choose([view("gpu"), view("cpu")]).within_s == 0.2
+    p.choose([view("gpu", held=8, capacity=4, queue=4), view("cpu")])  # spilling starts
+    # while spilling the preferred pool is held to the resume level, 0.2 x (1 - 0.25)
+    assert p.choose([view("gpu"), view("cpu")]).within_s == pytest.approx(0.15)
 
 
 def test_hysteresis_keeps_using_the_preferred_pool_when_it_meets_the_slo() -> None:

@@ -112,20 +112,46 @@ def test_a_replica_holding_calls_with_no_answer_for_the_stall_bound_is_stalled()
     assert stats.stalled_now() == []
 
 
-def test_service_time_is_the_median_of_fresh_samples_and_ages_out() -> None:
+def test_service_time_is_the_90th_percentile_of_fresh_samples_and_ages_out() -> None:
     clock = FakeClock()
     stats = pool(clock)
-    for seconds in (0.5, 0.5, 0.5):
+    for seconds in [0.1] * 8 + [0.4] * 2:
         stats.record_service(seconds)
-    assert stats.service_time_s() == 0.5
+    assert stats.service_time_s() == 0.4  # two slow calls in ten: the SLO's tail sees them
     clock.now += 1.5
-    for seconds in (0.05, 0.05, 0.05, 0.05):
-        stats.record_service(seconds)
+    stats.record_service(0.05)
+    assert stats.service_time_s() == 0.4  # the window still holds them
+    clock.now += 1.0  # the first ten samples are older than the ttl now
     assert stats.service_time_s() == 0.05
-    clock.now += 1.0  # the 0.5 s samples are older than the ttl now
-    assert stats.service_time_s() == 0.05
-    clock.now += 5.0  # nothing fresh at all: unknown, not slow
+    clock.now += 5.0  # nothing fresh at all: unknown, not slow; the last figure is kept
     assert stats.service_time_s() is None
+    assert stats.view().last_service_time_s == 0.05
+
+
+def test_expected_latency_counts_whole_rounds_of_calls_ahead() -> None:
+    clock = FakeClock()
+    stats = pool(clock, capacity=8, queue=8)  # a replica runs batches of 8
+    stats.set_members(["r1"])
+    stats.record_service(0.2)
+    assert stats.view().expected_latency_s() == pytest.approx(0.2)  # idle: its own call
+    stats.sent("r1", 7)
+    assert stats.view().expected_latency_s() == pytest.approx(0.2)  # joins the running batch
+    stats.sent("r1", 1)
+    assert stats.view().expected_latency_s() == pytest.approx(0.4)  # waits for a whole one
+
+
+def test_pick_leaves_out_replicas_that_cannot_serve_within_the_bound() -> None:
+    clock = FakeClock()
+    stats = pool(clock, capacity=1, queue=8)
+    stats.set_members(["r1", "r2"])
+    stats.record_service(0.2)
+    stats.sent("r1", 2)  # a request sent there now would run after two calls: 0.6 s
+    stats.sent("r2", 1)
+    assert stats.pick(1, within_s=0.5) == "r2"  # 0.4 s there
+    stats.sent("r2", 1)
+    assert stats.pick(1, within_s=0.5) is None  # room in both queues, but not in time
+    assert stats.pick(1) in {"r1", "r2"}  # no bound: the queue's own limit
+    assert stats.pick(1, within_s=0.1) is None  # not even an idle call fits
 
 
 def test_membership_follows_serve_and_lost_replicas_stay_out_until_they_answer() -> None:
