@@ -13,7 +13,7 @@ ARTIFACTS ?= artifacts/$(MODEL)
 VARIANTS ?= fp32,fp16,int8,student-int8
 BENCH_OUT ?= bench-results/$(MODEL)
 
-.PHONY: help install install-system test test-fast lint bench bench-serve serve clean
+.PHONY: help install install-system test test-fast lint bench bench-serve simulate serve clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -72,9 +72,16 @@ bench-serve: $(ARTIFACTS)/int8/manifest.json $(TINY)/int8/manifest.json  ## over
 	mkdir -p bench-results
 	set -o pipefail; $(BIN)/python -m serving.bench --artifacts $(ARTIFACTS) --tiny $(TINY) --output bench-results | grep -v '(raylet)' | tee bench-results/serve.md
 
+# Every scenario shipped in scenarios/: Sluiceway's routing beside the baselines.
+SCENARIOS ?= $(wildcard scenarios/*.yaml)
+simulate: install  ## simulate the shipped cluster scenarios (report, JSON, plots under simulation/)
+	for scenario in $(SCENARIOS); do \
+	  $(BIN)/sluiceway simulate $$scenario --output simulation/$$(basename $$scenario .yaml) || exit 1; \
+	done
+
 PORT ?= 8000
 serve: $(ARTIFACTS)/int8/manifest.json  ## build the default artifacts if missing, serve them on localhost:$(PORT)
 	$(BIN)/sluiceway serve --artifacts $(ARTIFACTS) --port $(PORT)
 
 clean:  ## remove built artifacts and bench results (keeps .venv)
-	rm -rf artifacts bench-results
+	rm -rf artifacts bench-results simulation

@@ -112,6 +112,15 @@ class BatchQueue(Generic[T]):
             self.running_rows += rows
         return batch, expired
 
+    def drain(self) -> list[Entry[T]]:
+        """Every job still waiting, removed (the replica is gone: none will run)."""
+        waiting = [e for e in self._waiting if e.state == "waiting"]
+        for entry in waiting:
+            entry.state = "cancelled"
+        self._waiting.clear()
+        self.waiting_rows = 0
+        return waiting
+
     def done(self, batch: list[Entry[T]]) -> None:
         """A model call ended (whatever its outcome): its slot is free again."""
         self.busy -= 1

@@ -4,6 +4,7 @@ The tree::
 
     ServingError
     ├── ConfigError             the serving config is invalid (field path, value, limit)
+    ├── ScenarioError           a simulation scenario is invalid (field path, value)
     ├── ArtifactFetchError      an http(s) artifact could not be downloaded, or did not match
     ├── BadRequest (400)        malformed JSON, wrong shape or dtype, undecodable audio
     ├── Unauthorized (401)      missing or wrong bearer token
@@ -32,6 +33,10 @@ class ServingError(Exception):
 
 class ConfigError(ServingError):
     """The serving configuration is invalid."""
+
+
+class ScenarioError(ServingError):
+    """A simulation scenario is invalid or unreadable."""
 
 
 class ArtifactFetchError(ServingError):

@@ -19,17 +19,20 @@ from optimize.cli import register as register_optimize
 from optimize.errors import OptimizeError
 from serving.cli import register as register_serving
 from serving.errors import ServingError
+from serving.simulate.cli import register as register_simulate
 from sluiceway import __version__
 
 app = typer.Typer(
     name="sluiceway",
-    help="Optimize models to ONNX artifacts, serve them on GPU and CPU pools, deploy them.",
+    help="Optimize models to ONNX artifacts, serve them on GPU and CPU pools, simulate "
+    "clusters, deploy them.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 register_optimize(app)
 register_serving(app)
+register_simulate(app)
 register_deploy(app)
 
 
