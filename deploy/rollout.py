@@ -79,6 +79,7 @@ class Outcome:
     promoted: bool
     steps: list[StepResult] = field(default_factory=list)
     rolled_back: bool = False
+    current_step: int | None = None  # the step being applied or held
 
 
 def with_weights(values: dict[str, Any], plan: Plan, step: int) -> dict[str, Any]:
@@ -134,10 +135,43 @@ def run(
     echo: Callable[[str], None] = print,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Outcome:
-    """Step the canary up; roll back at the first verdict that is not PROMOTE."""
+    """Step the canary up; roll back at the first verdict that is not PROMOTE.
+
+    A step that fails to apply (helm error, not Ready in time) or is interrupted (Ctrl-C)
+    rolls back too, to the revision before the rollout, and the error then goes on up: a
+    release must never be left at a canary's weight that nobody vouched for.
+    """
     outcome = Outcome(promoted=False)
+    for step in plan.steps:
+        with_weights(values, plan, step)  # values that cannot work fail before any change
+    step = plan.steps[0]
+    try:
+        _steps(plan, values, target, prometheus, outcome, echo=echo, sleep=sleep)
+    except (DeployError, KeyboardInterrupt) as exc:
+        step = outcome.current_step or step
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"failed: {exc}"
+        echo(f"step {step}%: {what}")
+        echo(f"rolling back to the revision before the rollout: {plan.canary} is not promoted")
+        target.rollback()
+        outcome.rolled_back = True
+        echo("rolled back")
+        raise
+    return outcome
+
+
+def _steps(
+    plan: Plan,
+    values: dict[str, Any],
+    target: Target,
+    prometheus: PrometheusClient,
+    outcome: Outcome,
+    *,
+    echo: Callable[[str], None],
+    sleep: Callable[[float], None],
+) -> None:
     last_baseline: VariantHealth | None = None
     for step in plan.steps:
+        outcome.current_step = step
         echo(f"step {step}%: applying {plan.canary}={step} {plan.baseline}={100 - step}")
         target.apply(with_weights(values, plan, step), step)
         echo(f"step {step}%: holding {plan.window_seconds}s for the analysis window")
@@ -150,7 +184,7 @@ def run(
             echo(f"rolling back: {plan.canary} is not promoted")
             target.rollback()
             outcome.rolled_back = True
-            return outcome
+            return
         if step == 100 and last_baseline is not None:
             baseline = last_baseline  # no baseline traffic left: compare with the last seen
         verdict = judge(baseline, canary, plan.policy)
@@ -162,11 +196,10 @@ def run(
             echo(f"rolling back: {plan.canary} is not promoted")
             target.rollback()
             outcome.rolled_back = True
-            return outcome
+            return
         last_baseline = baseline
     outcome.promoted = True
     echo(f"promoted: {plan.model}/{plan.canary} serves 100%")
-    return outcome
 
 
 def write_temp_values(values: dict[str, Any], directory: Path | None = None) -> Path:

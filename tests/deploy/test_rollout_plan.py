@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from deploy.canary import PrometheusClient
-from deploy.errors import InvalidValues
+from deploy.canary import PrometheusClient, VariantHealth
+from deploy.errors import DeployError, InvalidValues
 from deploy.rollout import Plan, plan_lines, run, with_weights
 from tests.conftest import free_port
 
@@ -28,13 +28,16 @@ VALUES = {
 
 
 class Recording:
-    def __init__(self) -> None:
+    def __init__(self, fail_at: int | None = None) -> None:
         self.weights: list[dict[str, int]] = []
         self.rolled_back = False
+        self.fail_at = fail_at
 
     def apply(self, values: dict[str, Any], step: int) -> None:
         variants = values["serving"]["models"]["w2v"]["variants"]
         self.weights.append({n: v["weight"] for n, v in variants.items()})
+        if step == self.fail_at:
+            raise DeployError("RayService sw-sluiceway not Ready within 900 s")
 
     def rollback(self) -> None:
         self.rolled_back = True
@@ -86,3 +89,38 @@ def test_prometheus_unreachable_means_no_promotion_and_a_rollback() -> None:
     assert not outcome.promoted and target.rolled_back
     assert target.weights == [{"stable": 50, "v2": 50, "old": 0}]
     assert any("no verdict" in line and "127.0.0.1" in line for line in printed), printed
+
+
+class Healthy:
+    """Prometheus as a stand-in: both variants fast and error-free."""
+
+    def variant_health(self, model: str, variant: str, window_seconds: int) -> VariantHealth:
+        return VariantHealth(variant=variant, requests=1000, p99_seconds=0.1, error_ratio=0.0)
+
+
+def test_a_step_that_fails_to_apply_rolls_back_itself_and_says_so() -> None:
+    target = Recording(fail_at=50)
+    printed: list[str] = []
+    plan = Plan(model="w2v", canary="v2", baseline="stable", steps=(10, 50, 100))
+    healthy: Any = Healthy()
+    with pytest.raises(DeployError, match="not Ready"):
+        run(plan, VALUES, target, healthy, echo=printed.append, sleep=lambda s: None)
+    assert target.rolled_back
+    assert [w["v2"] for w in target.weights] == [10, 50]  # never went on to 100
+    assert any("step 50%: failed: RayService" in line for line in printed), printed
+    assert "rolled back" in printed
+
+
+def test_ctrl_c_during_the_hold_rolls_back_before_it_stops() -> None:
+    target = Recording()
+    printed: list[str] = []
+    plan = Plan(model="w2v", canary="v2", baseline="stable", steps=(10, 50, 100))
+
+    def interrupted(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    healthy: Any = Healthy()
+    with pytest.raises(KeyboardInterrupt):
+        run(plan, VALUES, target, healthy, echo=printed.append, sleep=interrupted)
+    assert target.rolled_back
+    assert any("step 10%: interrupted" in line for line in printed), printed
