@@ -13,7 +13,7 @@ ARTIFACTS ?= artifacts/$(MODEL)
 VARIANTS ?= fp32,fp16,int8,student-int8
 BENCH_OUT ?= bench-results/$(MODEL)
 
-.PHONY: help install install-system test test-fast lint bench bench-serve simulate serve clean
+.PHONY: help install install-system test test-fast lint fuzz bench bench-serve simulate serve clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,10 @@ test: install  ## run the test suite (small preset; well under 15 minutes)
 
 test-fast: install  ## unit tests only (no slow/integration)
 	$(BIN)/pytest -q -m "not slow and not integration"
+
+FUZZ_EXAMPLES ?= 200
+fuzz: install  ## fuzz the HTTP API from its OpenAPI spec (schemathesis) against a real server
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q tests/serving/test_fuzz.py
 
 lint: install  ## ruff and mypy --strict on the packages
 	$(BIN)/ruff check .

@@ -49,8 +49,9 @@ logger = logging.getLogger(__name__)
 REQUEST_DURATION_BUCKET = "ray_sluiceway_request_duration_seconds_bucket"
 REQUESTS_TOTAL = "ray_sluiceway_requests_total"
 
-# Answered 5xx that count as errors: everything but 503, which is load shedding by design.
-_ERROR_CODES = 'code=~"5..",code!="503"'
+# Answered 5xx that count as errors: all but shed requests (503 by design under load); a 503
+# because no pool can serve (reason="unavailable") is an outage and counts.
+_ERROR_CODES = 'code=~"5..",reason!="shed"'
 _PORT_FORWARD = "kubectl -n monitoring port-forward svc/prometheus-operated 9090"
 
 
@@ -71,7 +72,7 @@ class VariantHealth:
 
     ``requests``: requests answered in the window (every code, 503 sheds included).
     ``p99_seconds``: P99 latency of successful requests; None when none succeeded.
-    ``error_ratio``: share of ``requests`` answered 5xx other than 503 (0-1); None when
+    ``error_ratio``: share of ``requests`` answered 5xx but shed (0-1); None when
     there were no requests.
     """
 

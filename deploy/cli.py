@@ -18,7 +18,7 @@ from deploy.canary import CanaryPolicy, PrometheusClient
 from deploy.errors import DeployError, InvalidValues
 from deploy.helm import DEFAULT_CHART, Helm
 from deploy.rollout import Plan, plan_lines, run, with_weights, write_temp_values
-from deploy.values import PoolArtifact, chart_values, write_values
+from deploy.values import PoolArtifact, chart_values, slo_origin, write_values
 
 app = typer.Typer(help="Values from artifacts, latency-gated rollouts, cluster status.")
 
@@ -79,15 +79,18 @@ def values_command(
 ) -> None:
     """Write chart values from artifacts: URIs + sha256, pools, memory from measured peak RSS."""
     name = model or artifacts.resolve().name
+    pools = _pools(artifacts, pool)
     values = chart_values(
         name,
-        _pools(artifacts, pool),
+        pools,
         uri_prefix=uri_prefix,
         headroom=headroom,
         variant=variant,
         slo_p99_seconds=slo,
     )
-    write_values(values, output, Helm.find())
+    origin = slo_origin(pools, slo)
+    write_values(values, output, Helm.find(), note=origin)
+    typer.echo(origin)
     typer.echo(f"wrote {output} (validated by ServingConfig and helm template)")
 
 

@@ -26,7 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from deploy.errors import HelmFailed, InvalidValues
 from deploy.helm import DEFAULT_CHART, Helm
 from optimize.errors import ArtifactError
-from optimize.manifest import Manifest, model_digest, verify_artifact
+from optimize.manifest import (
+    WIDE_SPREAD,
+    Manifest,
+    artifact_digest,
+    read_manifest,
+    verify_artifact,
+)
 from serving.config import BatchingConfig, ServingConfig, parse_config
 from serving.errors import ConfigError
 
@@ -90,6 +96,33 @@ def worker_memory_mib(peak_rss_bytes: int, headroom: float) -> int:
     """Memory of a worker pod in MiB: ceil((1 GiB + peak RSS) x (1 + headroom)) / 1 MiB."""
     needed = Fraction(RAY_WORKER_BASELINE_BYTES + peak_rss_bytes)
     return math.ceil(needed * (1 + Fraction(repr(headroom))) / MIB)
+
+
+def slo_origin(pools: Mapping[str, PoolArtifact], slo_p99_seconds: float | None) -> str:
+    """Where the SLO ``chart_values`` uses comes from, in a sentence for the user (and for
+    the values file): the figure, and how far to trust it."""
+    if slo_p99_seconds is not None:
+        return f"SLO {slo_p99_seconds:g} s: given (--slo-p99-seconds)"
+    pool = sorted(pools, key=lambda name: pools[name].device != "cuda")[0]
+    spec = pools[pool]
+    manifest = read_manifest(spec.artifact)
+    latency = manifest.measurements.latency
+    provider = manifest.measurements.provider
+    sentence = (
+        f"SLO {default_slo_seconds(latency.p99_s):g} s: 2x the P99 of pool {pool}'s artifact "
+        f"{manifest.variant} ({latency.p99_s * 1e3:.0f} ms over {latency.runs} runs of "
+        f"{latency.clip_seconds:g} s clips, batch {latency.batch}, {latency.threads} threads, "
+        f"{provider}"
+    )
+    sentence += f", slices {latency.spread:.2f}x apart)" if latency.spread else ")"
+    warnings = []
+    if spec.device == "cuda" and not provider.startswith(("CUDA", "Tensorrt")):
+        warnings.append(f"measured on {provider}, not the GPU this pool runs on")
+    if latency.spread is not None and latency.spread > WIDE_SPREAD:
+        warnings.append("measured on a busy machine (its slices disagree)")
+    if warnings:
+        sentence += "; " + " and ".join(warnings) + ": pass --slo-p99-seconds"
+    return sentence
 
 
 def default_slo_seconds(p99_s: float) -> float:
@@ -271,6 +304,7 @@ def write_values(
     chart: Path = DEFAULT_CHART,
     release: str = "sluiceway",
     namespace: str = "default",
+    note: str | None = None,
 ) -> Path:
     """Write ``values`` as YAML to ``path`` once the serving config accepts them and the
     real ``helm template`` renders them (and the serving config accepts the
@@ -282,7 +316,8 @@ def write_values(
     staged = Path(name)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(_HEADER + yaml.safe_dump(dict(values), sort_keys=False))
+            header = _HEADER + (f"# {note}\n" if note else "")
+            out.write(header + yaml.safe_dump(dict(values), sort_keys=False))
         try:
             rendered = helm.template(release, chart, [staged], namespace)
         except HelmFailed as exc:
@@ -348,7 +383,7 @@ def _artifact_refs(
             uri = f"{uri_prefix.rstrip('/')}/{spec.artifact.resolve().name}"
         else:
             uri = str(spec.artifact.resolve())
-        refs[pool] = {"uri": uri, "sha256": model_digest(manifests[pool])}
+        refs[pool] = {"uri": uri, "sha256": artifact_digest(spec.artifact)}
     return refs
 
 

@@ -23,6 +23,7 @@ This module imports only the standard library: serving reads artifacts without t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 
 class OptimizeError(Exception):
@@ -80,11 +81,17 @@ class ExportMismatch(OptimizeError):
 class GatesFailed(OptimizeError):
     """At least one variant failed its gates; its artifact is kept, marked rejected."""
 
-    def __init__(self, failures: Sequence[str]) -> None:
+    def __init__(self, failures: Sequence[str], *, kept: Path | None = None) -> None:
         self.failures = list(failures)
+        where = (
+            f"The previous artifacts in {kept} are kept; the rejected ones are in "
+            f"{kept.with_name(kept.name + '.rejected')}"
+            if kept is not None
+            else "The artifacts are written but marked rejected (serving refuses them)"
+        )
         super().__init__(
             "quality gates failed: "
             + "; ".join(self.failures)
-            + ". The artifacts are written but marked rejected (serving refuses them); "
-            "relax a gate with --gate NAME=VALUE only if the numbers are acceptable."
+            + f". {where}; relax a gate with --gate NAME=VALUE only if the numbers are "
+            "acceptable."
         )

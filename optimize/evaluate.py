@@ -24,12 +24,15 @@ def fidelity(
         raise ValueError(f"logit shapes differ: source {source.shape}, candidate {candidate.shape}")
     source_top = source.argmax(axis=1)
     counts = np.bincount(source_top, minlength=len(labels))
-    finite = bool(np.isfinite(candidate).all())
+    finite = np.isfinite(candidate)
+    nonfinite = int((~finite).sum())
+    errors = np.abs(source - np.where(finite, candidate, source))  # NaN/inf: their own gate
     return Fidelity(
         clips=int(source.shape[0]),
         top1_agreement=float((source_top == candidate.argmax(axis=1)).mean()),
-        logit_cosine=float(_cosine(source, candidate).mean()) if finite else -1.0,
-        max_abs_error=float(np.abs(source - candidate).max()) if finite else float("inf"),
+        logit_cosine=float(_cosine(source, candidate).mean()) if not nonfinite else -1.0,
+        max_abs_error=float(errors.max()),
+        nonfinite_logits=nonfinite,
         source_class_share={
             label: float(count / source.shape[0])
             for label, count in zip(labels, counts, strict=True)

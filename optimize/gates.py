@@ -29,6 +29,9 @@ class GateThresholds(BaseModel):
     max_abs_error: float = Field(
         1.0, ge=0, description="largest |logit difference| over the eval set"
     )
+    max_nonfinite_logits: float = Field(
+        0, ge=0, description="NaN or infinite logits the artifact may produce on the eval set"
+    )
     max_source_class_share: float = Field(
         0.95,
         gt=0,
@@ -75,6 +78,12 @@ def judge(fidelity: Fidelity, thresholds: GateThresholds) -> list[GateResult]:
         _gate("min_top1_agreement", ">=", thresholds.min_top1_agreement, fidelity.top1_agreement),
         _gate("min_logit_cosine", ">=", thresholds.min_logit_cosine, fidelity.logit_cosine),
         _gate("max_abs_error", "<=", thresholds.max_abs_error, fidelity.max_abs_error),
+        _gate(
+            "max_nonfinite_logits",
+            "<=",
+            thresholds.max_nonfinite_logits,
+            float(fidelity.nonfinite_logits),
+        ),
         _gate("max_source_class_share", "<=", thresholds.max_source_class_share, share),
     ]
 

@@ -73,6 +73,9 @@ class FileDigest(_Frozen):
     size_bytes: int = Field(ge=0)
 
 
+WIDE_SPREAD = 1.5  # latency slices' medians this far apart: the machine was busy measuring
+
+
 class LatencyStats(_Frozen):
     """Latency of one inference at a stated clip length, batch and thread count."""
 
@@ -84,6 +87,12 @@ class LatencyStats(_Frozen):
     batch: int = Field(gt=0)
     clip_seconds: float = Field(gt=0)
     threads: int = Field(gt=0)
+    spread: float | None = Field(
+        None,
+        ge=1,
+        description="largest / smallest median of five equal slices of the runs: about 1 on "
+        "a quiet machine; wide when other work shared it",
+    )
 
 
 class Throughput(_Frozen):
@@ -111,9 +120,14 @@ class Fidelity(_Frozen):
     clips: int = Field(gt=0)
     top1_agreement: float = Field(ge=0, le=1)
     logit_cosine: float = Field(description="mean cosine similarity of logits, source vs artifact")
-    max_abs_error: float = Field(ge=0, description="largest |logit difference| over the eval set")
+    max_abs_error: float = Field(
+        ge=0, description="largest |logit difference| over the eval set (finite logits)"
+    )
     source_class_share: dict[str, float] = Field(
         description="share of eval clips the source assigns to each label"
+    )
+    nonfinite_logits: int = Field(
+        0, ge=0, description="the artifact's logits that were NaN or infinite on the eval set"
     )
 
 
@@ -252,8 +266,9 @@ def read_manifest(directory: Path) -> Manifest:
 def verify_artifact(directory: Path, *, expected_sha256: str | None = None) -> Manifest:
     """Read an artifact and refuse it unless every file matches and every gate passed.
 
-    ``expected_sha256``, when given, is the model file's digest that the caller was told to
-    expect (the serving config's ``sha256``): a different artifact is refused too.
+    ``expected_sha256``, when given, is the artifact digest the caller was told to expect
+    (the serving config's ``sha256``, see ``artifact_digest``): a different artifact, or
+    this one with its manifest edited, is refused too.
     """
     manifest = read_manifest(directory)
     root = directory.resolve()
@@ -270,12 +285,7 @@ def verify_artifact(directory: Path, *, expected_sha256: str | None = None) -> M
                 "the file was changed or corrupted after it was built: rebuild the artifact"
             )
     if expected_sha256 is not None:
-        model = model_digest(manifest)
-        if model != expected_sha256:
-            raise ArtifactHashMismatch(
-                f"{directory / MODEL_FILE}: sha256 {model} is not the expected "
-                f"{expected_sha256}; point the config at the right artifact or update its sha256"
-            )
+        check_digest(directory, manifest, artifact_digest(directory), expected_sha256)
     if not manifest.gates:
         raise ArtifactRejected(f"{directory}: the manifest records no quality gate; rebuild it")
     if not manifest.accepted:
@@ -288,6 +298,30 @@ def verify_artifact(directory: Path, *, expected_sha256: str | None = None) -> M
             "served; rebuild it or pick another variant"
         )
     return manifest
+
+
+def artifact_digest(directory: Path) -> str:
+    """The digest that pins a whole artifact: the sha256 of its manifest.json, which records
+    every file's sha256 (checked by ``verify_artifact``) beside labels, input spec,
+    measurements and gate verdicts. Editing any of them, or any file, changes what pins."""
+    return hashlib.sha256((directory / MANIFEST_FILE).read_bytes()).hexdigest()
+
+
+def check_digest(where: object, manifest: Manifest, digest: str, expected: str) -> None:
+    """Refuse an artifact whose digest is not ``expected``, saying how to fix the config."""
+    if digest == expected:
+        return
+    if expected == model_digest(manifest):
+        raise ArtifactHashMismatch(
+            f"{where}: the config's sha256 {expected} is the digest of model.onnx alone (an "
+            f"older sluiceway); pin the whole artifact with {digest} (the sha256 of its "
+            f"{MANIFEST_FILE}, which `sluiceway deploy values` writes)"
+        )
+    raise ArtifactHashMismatch(
+        f"{where}: the artifact's digest (sha256 of {MANIFEST_FILE}) is {digest}, expected "
+        f"{expected}: it is another artifact, or its manifest was changed; point the config "
+        "at the right artifact or update its sha256"
+    )
 
 
 def model_digest(manifest: Manifest) -> str:

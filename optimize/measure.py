@@ -25,12 +25,25 @@ Runner = Callable[[NDArray[np.float32]], object]
 T = TypeVar("T")
 
 
+SPREAD_SLICES = 5
+
+
+def spread(samples: list[float]) -> float | None:
+    """Largest over smallest median of ``SPREAD_SLICES`` consecutive slices of the runs
+    (None with too few runs to say)."""
+    if len(samples) < 2 * SPREAD_SLICES:
+        return None
+    medians = [float(np.median(part)) for part in np.array_split(samples, SPREAD_SLICES)]
+    return max(medians) / max(min(medians), 1e-12)
+
+
 def latency_stats(
     samples: list[float], *, batch: int, clip_seconds: float, threads: int
 ) -> LatencyStats:
-    """Percentiles of ``samples`` (seconds)."""
+    """Percentiles of ``samples`` (seconds), and how far apart their slices were."""
     values = np.asarray(samples)
     return LatencyStats(
+        spread=spread(samples),
         p50_s=float(np.percentile(values, 50)),
         p95_s=float(np.percentile(values, 95)),
         p99_s=float(np.percentile(values, 99)),

@@ -14,13 +14,14 @@ import asyncio
 import functools
 import hmac
 import logging
-import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.exceptions import RayError
@@ -28,21 +29,35 @@ from ray.serve.context import _get_global_client
 from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import DeploymentStatus
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from optimize.manifest import Manifest
 from serving.audio_decode import decode_audio
+from serving.auth import read_token
 from serving.config import ServingConfig, replica_deployment_name
 from serving.errors import (
     BadRequest,
     DeadlineExceeded,
-    ModelUnavailable,
     PayloadTooLarge,
+    PoolSaturated,
     ServingError,
     Unauthorized,
     UnknownModel,
 )
 from serving.fetch import artifact_manifest
 from serving.metrics import IngressMetrics, refresh_forever
+from serving.openapi import (
+    INFER_CODES,
+    ClassifyResponse,
+    V2InferResponse,
+    V2ModelMetadata,
+    classify_docs,
+    errors,
+    v2_infer_docs,
+)
+from serving.openapi import (
+    components as openapi_components,
+)
 from serving.protocols.v2 import (
     HEADER_LENGTH,
     TensorSpec,
@@ -51,7 +66,7 @@ from serving.protocols.v2 import (
     parse_infer_request,
 )
 from serving.routing.pool_stats import ReplicaState
-from serving.routing.router import REPLICA_LOST, ModelRouter, Routed
+from serving.routing.router import ModelRouter, Routed
 from serving.routing.variants import PIN_HEADER
 
 logger = logging.getLogger(__name__)
@@ -73,22 +88,59 @@ api = FastAPI(
 )
 
 
+def _openapi() -> dict[str, Any]:
+    """FastAPI's spec plus the schemas the raw-body routes document by reference."""
+    if api.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        spec = get_openapi(
+            title=api.title, version=api.version, description=api.description, routes=api.routes
+        )
+        spec.setdefault("components", {}).setdefault("schemas", {}).update(openapi_components())
+        api.openapi_schema = spec
+    return api.openapi_schema
+
+
+api.openapi = _openapi  # type: ignore[method-assign]
+
+
 @api.exception_handler(ServingError)
 async def _serving_error(_request: Request, exc: ServingError) -> JSONResponse:
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
-def _token(config: ServingConfig) -> str | None:
-    """The bearer token, read once at start-up (env var first, then file)."""
-    if config.auth.token_env:
-        value = os.environ.get(config.auth.token_env)
-        if value:
-            return value.strip()
-    if config.auth.token_file:
-        return config.auth.token_file.read_text(encoding="utf-8").strip()
-    if config.auth.token_env or config.auth.token_file:
-        raise ServingError("auth is configured but neither the token variable nor file is set")
-    return None
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own answers (no route: 404; wrong method: 405) keep the error contract."""
+    detail = exc.detail
+    if exc.status_code == 404:
+        detail = f"no route {request.url.path!r}: see /docs for the API"
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path!r}"
+    return JSONResponse({"error": detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"error": f"invalid request: {exc.errors()}"}, status_code=422)
+
+
+@api.exception_handler(Exception)
+async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    """A bug or a library's error outside the counted routes: still JSON, still logged."""
+    logger.error("unexpected error: %r", exc, exc_info=exc)
+    message = f"internal error ({type(exc).__name__}); the ingress log has the details"
+    return JSONResponse({"error": message}, status_code=500)
+
+
+@dataclass
+class Tally:
+    """One inference request's labels, filled in as they become known."""
+
+    model: str
+    variant: str = "none"
+    pool: str = "none"
+    body_bytes: int = 0  # counted against the ingress's bytes in flight until it ends
 
 
 def direct(handle: DeploymentHandle) -> DeploymentHandle:
@@ -161,7 +213,7 @@ class Ingress:
     ) -> None:
         self._config = ServingConfig.model_validate(config)
         self._id: str = serve.get_replica_context().replica_id.unique_id
-        self._token = _token(self._config)
+        self._token = read_token(self._config)
         self._metrics = IngressMetrics.create()
         from sluiceway import __version__
 
@@ -187,7 +239,7 @@ class Ingress:
             }
             for name, model in self._config.models.items()
         }
-        self._signatures: dict[str, dict[str, Any]] = {}
+        self._bytes_in_flight = 0  # request bodies held by this replica's handlers
         self._watcher: asyncio.Task[None] | None = None
 
     # -- plumbing -------------------------------------------------------------------
@@ -271,86 +323,107 @@ class Ingress:
             raise UnknownModel(f"model {model!r} is not served; models: {sorted(self._routers)}")
         return self._routers[model]
 
-    async def _body(self, request: Request, router: ModelRouter) -> bytes:
+    async def _body(self, request: Request, router: ModelRouter, tally: Tally) -> bytes:
+        """The body, within the model's size limit and the ingress's bytes in flight: a
+        flood of large bodies is a 503, not an ingress killed for its memory."""
         limit = router.config.limits.max_body_bytes
         declared = request.headers.get("content-length")
         known = declared is not None and declared.isascii() and declared.isdigit()
         if known and int(str(declared)) > limit:
             raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes")
+        self._hold_bytes(tally, int(str(declared)) if known else 0, router)
         chunks, size = [], 0
         async for chunk in request.stream():  # chunked uploads carry no content-length
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+            if size > tally.body_bytes:
+                self._hold_bytes(tally, size, router)
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _refuse_if_full(self, router: ModelRouter, variant: str, start: float) -> None:
+    def _hold_bytes(self, tally: Tally, size: int, router: ModelRouter) -> None:
+        extra = size - tally.body_bytes
+        bound = self._config.ingress.max_body_bytes_in_flight
+        if extra > 0 and self._bytes_in_flight + extra > bound and self._bytes_in_flight:
+            retry = router.config.routing.retry_after_seconds
+            raise PoolSaturated(
+                f"this ingress holds {self._bytes_in_flight} bytes of request bodies, its "
+                f"limit is {bound} (ingress.max_body_bytes_in_flight); retry in {retry} s",
+                headers={"retry-after": str(retry)},
+            )
+        self._bytes_in_flight += extra
+        tally.body_bytes = size
+
+    async def _answer(
+        self,
+        model: str,
+        handler: Callable[[Tally, float], Awaitable[Response]],
+    ) -> Response:
+        """Run an inference handler; count and time its response, whatever ends it (a 500
+        from a bug included: the error ratio must see a canary that crashes)."""
+        start = time.perf_counter()
+        tally = Tally(model if model in self._routers else "unknown")
+        try:
+            response = await handler(tally, start)
+        except ServingError as exc:
+            self._count(tally, exc.status_code, exc.reason, start)
+            exc.headers.setdefault("server-timing", _ingress_timing(start))
+            raise
+        except Exception as exc:
+            logger.error("%s: unexpected error: %r", model, exc, exc_info=exc)
+            self._count(tally, 500, ServingError.reason, start)
+            raise ServingError(
+                f"internal error ({type(exc).__name__}); the ingress log has the details",
+                headers={"server-timing": _ingress_timing(start)},
+            ) from exc
+        finally:
+            self._bytes_in_flight -= tally.body_bytes
+            tally.body_bytes = 0
+        self._count(tally, response.status_code, "ok", start)
+        return response
+
+    def _refuse_if_full(self, router: ModelRouter) -> None:
         """A 503 before the body is read when every pool is full: an overloaded server
         answers fast and spends nothing on a request it will not serve."""
-        try:
-            router.refuse_if_full()
-        except ServingError as exc:
-            tags = {"model": router.name, "variant": variant, "pool": "none"}
-            self._metrics.requests.inc(tags=tags | {"code": str(exc.status_code)})
-            exc.headers["server-timing"] = _ingress_timing(start)
-            raise
+        router.refuse_if_full()
 
     async def _dispatch(
-        self, router: ModelRouter, variant: str, inputs: dict[str, Any], start: float
+        self, router: ModelRouter, tally: Tally, inputs: dict[str, Any], start: float
     ) -> Routed:
-        """Route with the model's deadline; count and time the request whatever ends it.
-
-        ``start`` is when the handler began (body read and decoding count as latency too).
-        """
+        """Route with the model's deadline (``start``: when the handler began; body read
+        and decoding count as latency too)."""
         self._ensure_watcher()
         budget = router.config.limits.deadline_seconds
         remaining = budget - (time.perf_counter() - start)
-        tags = {"model": router.name, "variant": variant, "pool": "none"}
         try:
             async with asyncio.timeout(remaining):  # no extra task, unlike wait_for
-                routed = await router.infer(variant, inputs, time.time() + remaining)
+                routed = await router.infer(tally.variant, inputs, time.time() + remaining)
         except (TimeoutError, DeadlineExceeded) as exc:
             self._metrics.rejected.inc(tags={"model": router.name, "reason": "deadline"})
-            self._count(tags | {"code": "504"}, min(time.perf_counter() - start, budget))
             raise DeadlineExceeded(
-                f"model {router.name!r}: no result within the {budget:g} s deadline",
-                headers={"server-timing": _ingress_timing(start)},
+                f"model {router.name!r}: no result within the {budget:g} s deadline"
             ) from (None if isinstance(exc, TimeoutError) else exc)
-        except ServingError as exc:
-            self._count(tags | {"code": str(exc.status_code)}, time.perf_counter() - start)
-            exc.headers["server-timing"] = _ingress_timing(start)
-            raise
-        tags = {"model": router.name, "variant": variant, "pool": routed.pool, "code": "200"}
-        self._count(tags, time.perf_counter() - start)
+        tally.pool = routed.pool
         return routed
 
-    def _count(self, tags: dict[str, str], seconds: float) -> None:
+    def _count(self, tally: Tally, code: int, reason: str, start: float) -> None:
+        tags = {"model": tally.model, "variant": tally.variant, "pool": tally.pool}
+        tags["code"] = str(code)
+        seconds = time.perf_counter() - start
+        if tally.model in self._routers:  # a 504's time is its deadline, not a little more
+            seconds = min(seconds, self._routers[tally.model].config.limits.deadline_seconds)
         self._metrics.request_duration.observe(seconds, tags=tags)
-        self._metrics.requests.inc(tags=tags)
+        self._metrics.requests.inc(tags=tags | {"reason": reason})
 
     def _variant(self, router: ModelRouter, request: Request, pinned: str | None = None) -> str:
         return router.splitter.choose(pinned or request.headers.get(PIN_HEADER))
 
-    async def _signature(self, router: ModelRouter, variant: str) -> dict[str, Any]:
-        """A variant's inputs and outputs, from the first healthy pool that answers."""
-        cached = self._signatures.get(router.name)
-        if cached is None:
-            healthy = [p for p in router.order if router.stats[p].healthy]
-            for pool in healthy + [p for p in router.order if p not in healthy]:
-                try:
-                    cached = await router.handle(pool).signature.remote()
-                except REPLICA_LOST as exc:
-                    logger.debug("%s: no signature from pool %s: %s", router.name, pool, exc)
-                    continue
-                self._signatures[router.name] = cached
-                break
-            else:
-                raise ModelUnavailable(
-                    f"model {router.name!r}: no pool answered for its metadata; retry later",
-                    headers={"retry-after": str(router.config.routing.retry_after_seconds)},
-                )
-        return dict(cached[variant])
+    def _signature(self, model: str, variant: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        """A variant's inputs and outputs, from its manifest: metadata needs no pool up."""
+        spec = self._manifests[model][variant].input
+        inputs = [TensorSpec(spec.input_name, "FP32", (-1, -1))]
+        return inputs, [TensorSpec(spec.output_name, "FP32", (-1, len(spec.labels)))]
 
     # -- health and metadata ---------------------------------------------------------
 
@@ -358,7 +431,11 @@ class Ingress:
     async def live(self) -> dict[str, bool]:
         return {"live": True}
 
-    @api.get("/v2/health/ready", tags=["health"])
+    @api.get(
+        "/v2/health/ready",
+        tags=["health"],
+        responses={503: {"description": "not ready: some model has no pool that can serve"}},
+    )
     async def ready(self) -> Response:
         self._ensure_watcher()
         ready = all(any(s.healthy for s in r.stats.values()) for r in self._routers.values())
@@ -370,20 +447,24 @@ class Ingress:
 
         return {"name": "sluiceway", "version": __version__, "extensions": ["binary_tensor_data"]}
 
-    @api.get("/v2/models/{model}", tags=["v2"])
+    @api.get(
+        "/v2/models/{model}",
+        tags=["v2"],
+        response_model=V2ModelMetadata,
+        responses=errors(401, 404),
+    )
     async def metadata(self, model: str, request: Request) -> dict[str, Any]:
         self._authorize(request)
         router = self._router(model)
         variant = self._variant(router, request)
-        signature = await self._signature(router, variant)
-        return model_metadata(
-            model,
-            sorted(router.config.variants),
-            [TensorSpec(i["name"], i["datatype"], tuple(i["shape"])) for i in signature["inputs"]],
-            [TensorSpec(o["name"], o["datatype"], tuple(o["shape"])) for o in signature["outputs"]],
-        )
+        inputs, outputs = self._signature(model, variant)
+        return model_metadata(model, sorted(router.config.variants), inputs, outputs)
 
-    @api.get("/v2/models/{model}/ready", tags=["v2"])
+    @api.get(
+        "/v2/models/{model}/ready",
+        tags=["v2"],
+        responses=errors(401, 404) | {503: {"description": "no pool of the model can serve"}},
+    )
     async def model_ready(self, model: str, request: Request) -> Response:
         self._authorize(request)
         router = self._router(model)
@@ -391,7 +472,7 @@ class Ingress:
         ready = any(s.healthy for s in router.stats.values())
         return JSONResponse({"name": model, "ready": ready}, status_code=200 if ready else 503)
 
-    @api.get("/v1/models", tags=["v1"])
+    @api.get("/v1/models", tags=["v1"], responses=errors(401))
     async def list_models(self, request: Request) -> dict[str, Any]:
         self._authorize(request)
         return {
@@ -426,66 +507,95 @@ class Ingress:
     # -- inference ---------------------------------------------------------------------
 
     async def _infer_v2(self, model: str, request: Request, pinned: str | None) -> Response:
-        start = time.perf_counter()
-        self._authorize(request)
-        router = self._router(model)
-        variant = self._variant(router, request, pinned)
-        self._refuse_if_full(router, variant, start)
-        body = await self._body(request, router)
-        raw_length = request.headers.get(HEADER_LENGTH)
-        if raw_length is not None and not (raw_length.isascii() and raw_length.isdigit()):
-            raise BadRequest(f"{HEADER_LENGTH} must be an integer, got {raw_length!r}")
-        parsed = parse_infer_request(body, int(raw_length) if raw_length is not None else None)
-        routed = await self._dispatch(router, variant, parsed.inputs, start)
-        content, headers = encode_infer_response(
-            model_name=model, model_version=routed.variant, request=parsed, outputs=routed.outputs
-        )
-        return Response(content, headers=headers | _route_headers(routed, start, self._id))
+        async def handle(tally: Tally, start: float) -> Response:
+            self._authorize(request)
+            router = self._router(model)
+            tally.variant = self._variant(router, request, pinned)
+            self._refuse_if_full(router)
+            body = await self._body(request, router, tally)
+            raw_length = request.headers.get(HEADER_LENGTH)
+            if raw_length is not None and not (raw_length.isascii() and raw_length.isdigit()):
+                raise BadRequest(f"{HEADER_LENGTH} must be an integer, got {raw_length!r}")
+            length = int(raw_length) if raw_length is not None else None
+            parse = functools.partial(parse_infer_request, body, length)
+            # JSON tensors of a large body take milliseconds: off the event loop
+            parsed = parse() if len(body) <= INLINE_DECODE_BYTES else await asyncio.to_thread(parse)
+            routed = await self._dispatch(router, tally, parsed.inputs, start)
+            content, headers = encode_infer_response(
+                model_name=model,
+                model_version=routed.variant,
+                request=parsed,
+                outputs=routed.outputs,
+            )
+            return Response(content, headers=headers | _route_headers(routed, start, self._id))
 
-    @api.post("/v2/models/{model}/infer", tags=["v2"])
+        return await self._answer(model, handle)
+
+    @api.post(
+        "/v2/models/{model}/infer",
+        tags=["v2"],
+        response_model=V2InferResponse,
+        responses=errors(*INFER_CODES),
+        openapi_extra=v2_infer_docs(),
+    )
     async def infer(self, model: str, request: Request) -> Response:
         return await self._infer_v2(model, request, None)
 
-    @api.post("/v2/models/{model}/versions/{version}/infer", tags=["v2"])
+    @api.post(
+        "/v2/models/{model}/versions/{version}/infer",
+        tags=["v2"],
+        response_model=V2InferResponse,
+        responses=errors(*INFER_CODES),
+        openapi_extra=v2_infer_docs(),
+    )
     async def infer_version(self, model: str, version: str, request: Request) -> Response:
         """A version is a variant: this pins it."""
         return await self._infer_v2(model, request, version)
 
-    @api.post("/v1/models/{model}:classify", tags=["v1"])
+    @api.post(
+        "/v1/models/{model}:classify",
+        tags=["v1"],
+        response_model=ClassifyResponse,
+        responses=errors(*INFER_CODES),
+        openapi_extra=classify_docs(),
+    )
     async def classify(self, model: str, request: Request) -> Response:
         """A WAV/FLAC upload (or raw PCM: audio/l16;rate=N) -> labels and scores."""
-        start = time.perf_counter()
-        self._authorize(request)
-        router = self._router(model)
-        variant = self._variant(router, request)
-        self._refuse_if_full(router, variant, start)
-        body = await self._body(request, router)
-        manifest = self._manifests[model][variant]
-        limit = min(router.config.limits.max_audio_seconds, manifest.input.max_seconds)
-        decode = functools.partial(
-            decode_audio,
-            body,
-            request.headers.get("content-type", "audio/wav"),
-            sample_rate=manifest.input.sample_rate,
-            max_seconds=limit,
-        )
-        # A short clip decodes faster than a hop to a thread and back; a long one must not
-        # hold the event loop (every other request and health probe waits on it).
-        wave = decode() if len(body) <= INLINE_DECODE_BYTES else await asyncio.to_thread(decode)
-        inputs = {manifest.input.input_name: wave[None, :]}
-        routed = await self._dispatch(router, variant, inputs, start)
-        logits = np.asarray(routed.outputs[manifest.input.output_name], dtype=np.float64)[0]
-        scores = np.exp(logits - logits.max())
-        scores /= scores.sum()
-        labels = manifest.input.labels
-        return JSONResponse(
-            {
-                "model": model,
-                "variant": routed.variant,
-                "pool": routed.pool,
-                "label": labels[int(scores.argmax())],
-                "scores": {label: float(s) for label, s in zip(labels, scores, strict=True)},
-                "seconds": wave.shape[0] / manifest.input.sample_rate,
-            },
-            headers=_route_headers(routed, start, self._id),
-        )
+
+        async def handle(tally: Tally, start: float) -> Response:
+            self._authorize(request)
+            router = self._router(model)
+            tally.variant = variant = self._variant(router, request)
+            self._refuse_if_full(router)
+            body = await self._body(request, router, tally)
+            manifest = self._manifests[model][variant]
+            limit = min(router.config.limits.max_audio_seconds, manifest.input.max_seconds)
+            decode = functools.partial(
+                decode_audio,
+                body,
+                request.headers.get("content-type", "audio/wav"),
+                sample_rate=manifest.input.sample_rate,
+                max_seconds=limit,
+            )
+            # A short clip decodes faster than a hop to a thread and back; a long one must
+            # not hold the event loop (every other request and health probe waits on it).
+            wave = decode() if len(body) <= INLINE_DECODE_BYTES else await asyncio.to_thread(decode)
+            inputs = {manifest.input.input_name: wave[None, :]}
+            routed = await self._dispatch(router, tally, inputs, start)
+            logits = np.asarray(routed.outputs[manifest.input.output_name], dtype=np.float64)[0]
+            scores = np.exp(logits - logits.max())
+            scores /= scores.sum()
+            labels = manifest.input.labels
+            return JSONResponse(
+                {
+                    "model": model,
+                    "variant": routed.variant,
+                    "pool": routed.pool,
+                    "label": labels[int(scores.argmax())],
+                    "scores": {label: float(s) for label, s in zip(labels, scores, strict=True)},
+                    "seconds": wave.shape[0] / manifest.input.sample_rate,
+                },
+                headers=_route_headers(routed, start, self._id),
+            )
+
+        return await self._answer(model, handle)

@@ -22,6 +22,7 @@ class Status(StrEnum):
     OK = "ok"
     BAD_REQUEST = "bad_request"  # inputs do not fit the model: 400
     UNKNOWN_VARIANT = "unknown_variant"  # 404
+    NOT_LOADED = "not_loaded"  # the variant's artifact failed to load on this pool: 503
     MODEL_ERROR = "model_error"  # the model raised: 500, never a failover
     EXPIRED = "expired"  # its deadline passed before it ran: dropped, never run
     FULL = "full"  # the replica held all it may: not run, try elsewhere

@@ -33,6 +33,7 @@ def serve(
     num_cpus: int | None = typer.Option(None, help="CPUs of the local Ray cluster (default: all)."),
 ) -> None:
     """Serve models over HTTP on Ray Serve (GPU pool first, CPU pool on spillover)."""
+    from serving.app import APP_NAME
     from serving.config import load_config
     from serving.defaults import config_for_artifacts, cuda_usable
     from serving.server import start, stop
@@ -66,8 +67,8 @@ def serve(
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     stopped.wait()
-    stderr.print("shutting down...")
-    stop()
+    stderr.print("shutting down..." if address is None else f"removing {APP_NAME!r}...")
+    stop(joined=address is not None)
 
 
 def register(app: typer.Typer) -> None:

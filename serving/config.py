@@ -30,7 +30,8 @@ class _Frozen(BaseModel):
 
 
 class ArtifactRef(_Frozen):
-    """Where an artifact directory is, and the sha256 its model.onnx must have."""
+    """Where an artifact directory is, and the digest that pins it: the sha256 of its
+    manifest.json, which records every file's sha256 (``optimize.manifest.artifact_digest``)."""
 
     uri: str = Field(
         min_length=1,
@@ -223,6 +224,11 @@ class IngressConfig(_Frozen):
     num_cpus: float = Field(0.0, ge=0, description="CPUs Ray reserves per ingress replica")
     resources: dict[str, float] = Field(
         default_factory=dict, description="Ray custom resources an ingress replica needs"
+    )
+    max_body_bytes_in_flight: int = Field(
+        256 * 2**20,
+        ge=2**20,
+        description="request bodies one ingress replica holds at once; beyond it, 503",
     )
 
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from optimize.errors import ArtifactError
-from optimize.manifest import model_digest, read_manifest
+from optimize.manifest import artifact_digest, read_manifest
 from serving.config import ServingConfig, parse_config
 from serving.errors import ConfigError
 
@@ -45,7 +45,17 @@ def cuda_usable() -> bool:
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return False
-    return Path("/dev/nvidia0").exists() or bool(os.environ.get("CUDA_VISIBLE_DEVICES"))
+    return gpu_visible(os.environ.get("CUDA_VISIBLE_DEVICES"), Path("/dev/nvidia0").exists())
+
+
+def gpu_visible(visible_devices: str | None, device_file: bool) -> bool:
+    """Whether CUDA would see a GPU: with ``CUDA_VISIBLE_DEVICES`` set, only when its first
+    entry names a device (CUDA stops at the first invalid one: ``-1`` or an empty value
+    hides them all); without it, when the driver's device file exists."""
+    if visible_devices is None:
+        return device_file
+    first = visible_devices.split(",")[0].strip()
+    return bool(first) and not first.startswith("-")
 
 
 def config_for_artifacts(
@@ -61,7 +71,7 @@ def config_for_artifacts(
                 f"{path} is not an artifact; build it with "
                 f"`sluiceway optimize --output {directory}`"
             )
-        artifacts[pool] = {"uri": str(path.resolve()), "sha256": model_digest(read_manifest(path))}
+        artifacts[pool] = {"uri": str(path.resolve()), "sha256": artifact_digest(path)}
     cores = cores or max(1, os.cpu_count() or 2)
     name = directory.resolve().name.lower().replace("_", "-").replace(".", "-")
     cpu_pool = {

@@ -11,8 +11,8 @@ The tree::
     ├── UnknownModel (404)      no such model or variant
     ├── PayloadTooLarge (413)   body or audio over the configured limit
     ├── ModelError (500)        the model itself failed on the request (counted, no failover)
-    ├── PoolSaturated (503)     every pool is full: shed, with Retry-After
-    ├── ModelUnavailable (503)  no healthy replica in any pool
+    ├── PoolSaturated (503)     every pool (or the ingress's body bytes) full: shed, Retry-After
+    ├── ModelUnavailable (503)  no healthy replica in any pool: an outage, counted as an error
     └── DeadlineExceeded (504)  the request's deadline passed before a result came back
 """
 
@@ -23,6 +23,7 @@ class ServingError(Exception):
     """Base of every error raised by `serving`."""
 
     status_code = 500
+    reason = "internal"  # labels sluiceway_requests_total: why a request ended so
     headers: dict[str, str]
 
     def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
@@ -47,45 +48,53 @@ class BadRequest(ServingError):
     """The request body or its tensors are malformed."""
 
     status_code = 400
+    reason = "bad_request"
 
 
 class Unauthorized(ServingError):
     """A bearer token is required and was missing or wrong."""
 
     status_code = 401
+    reason = "unauthorized"
 
 
 class UnknownModel(ServingError):
     """The model or variant named in the request does not exist."""
 
     status_code = 404
+    reason = "unknown_model"
 
 
 class PayloadTooLarge(ServingError):
     """The body or the audio is longer than the configured limit."""
 
     status_code = 413
+    reason = "too_large"
 
 
 class ModelError(ServingError):
     """The model raised while running the request; only that request fails."""
 
     status_code = 500
+    reason = "model_error"
 
 
 class PoolSaturated(ServingError):
     """Every pool is at capacity; the request is shed."""
 
     status_code = 503
+    reason = "shed"
 
 
 class ModelUnavailable(ServingError):
     """No pool has a healthy replica for the model."""
 
     status_code = 503
+    reason = "unavailable"
 
 
 class DeadlineExceeded(ServingError):
     """The per-request deadline passed."""
 
     status_code = 504
+    reason = "deadline"

@@ -1,11 +1,12 @@
 """Fetching artifacts into a local content-addressed cache.
 
-A serving config names each artifact by ``uri`` and the sha256 of its ``model.onnx``. A path
+A serving config names each artifact by ``uri`` and its digest (``sha256``: of its
+``manifest.json``, which records every file's sha256, so it pins the whole artifact). A path
 or ``file://`` URI is used where it lies (a volume provides it). An ``http://`` or ``https://``
 URL names the artifact *directory*; it is fetched into ``<cache>/<sha256>``:
 
-1. ``manifest.json``, refused unless the model digest it records is the expected sha256
-   (nothing else is downloaded from a URL that serves another artifact);
+1. ``manifest.json``, refused unless its sha256 is the expected one (nothing else is
+   downloaded from a URL that serves another artifact, or an edited manifest);
 2. every file the manifest lists, streamed to disk and hashed on the way, refused unless it
    matches the manifest's sha256 and size;
 3. the whole directory checked by `verify_artifact` (hashes, gates), then renamed into place.
@@ -37,12 +38,13 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
-from optimize.errors import ArtifactError, OptimizeError
+from optimize.errors import ArtifactError, ArtifactHashMismatch, OptimizeError
 from optimize.manifest import (
     MANIFEST_FILE,
     FileDigest,
     Manifest,
-    model_digest,
+    artifact_digest,
+    check_digest,
     read_manifest,
     verify_artifact,
 )
@@ -100,17 +102,17 @@ def artifact_manifest(ref: ArtifactRef) -> Manifest:
             with tempfile.TemporaryDirectory(prefix="sluiceway-manifest-") as tmp:
                 with _client() as client:
                     _get(client, _file_url(ref.uri, MANIFEST_FILE), Path(tmp) / MANIFEST_FILE, None)
-                manifest = read_manifest(Path(tmp))
-        else:
-            manifest = read_manifest(resolve_artifact(ref))  # a path, or the scheme error
+                return _pinned_manifest(Path(tmp), ref.sha256, _redact(ref.uri))
+        # the replicas verify the same bytes against the same digest: one manifest for all
+        return _pinned_manifest(resolve_artifact(ref), ref.sha256, _redact(ref.uri))
     except ArtifactError as exc:
         raise ArtifactFetchError(f"{_redact(ref.uri)}: no usable manifest: {exc}") from exc
-    got = model_digest(manifest)
-    if got != ref.sha256:
-        raise ArtifactFetchError(
-            f"{_redact(ref.uri)}: the artifact's model sha256 is {got}, expected {ref.sha256}: "
-            "point the config's uri at the right artifact or update its sha256"
-        )
+
+
+def _pinned_manifest(directory: Path, sha256: str, shown: str) -> Manifest:
+    """``directory``'s manifest, refused unless its digest is ``sha256``."""
+    manifest = read_manifest(directory)
+    check_digest(shown, manifest, artifact_digest(directory), sha256)
     return manifest
 
 
@@ -196,16 +198,11 @@ def _download(client: httpx.Client, uri: str, sha256: str, staging: Path) -> Non
     _get(client, _file_url(uri, MANIFEST_FILE), staging / MANIFEST_FILE, None)
     manifest_url = _redact(_file_url(uri, MANIFEST_FILE))
     try:
-        manifest = read_manifest(staging)
-        got = model_digest(manifest)
+        manifest = _pinned_manifest(staging, sha256, _redact(uri))
+    except ArtifactHashMismatch as exc:
+        raise ArtifactFetchError(f"{exc} (nothing else was downloaded)") from exc
     except ArtifactError as exc:
         raise ArtifactFetchError(f"{manifest_url}: not a usable artifact manifest: {exc}") from exc
-    if got != sha256:
-        raise ArtifactFetchError(
-            f"{_redact(uri)}: the artifact's model sha256 is {got}, expected {sha256}: the URL "
-            "serves a different artifact; point the config's uri at the right artifact or "
-            "update its sha256"
-        )
     for entry in _checked_files(manifest, manifest_url):
         destination = staging / entry.path
         destination.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ singletons), so a test can build fresh ones.
 | exported name (after Ray's prefix)              | type      | labels                           |
 | ----------------------------------------------- | --------- | -------------------------------- |
 | ray_sluiceway_request_duration_seconds          | histogram | model, variant, pool, code       |
-| ray_sluiceway_requests_total                    | counter   | model, variant, pool, code       |
+| ray_sluiceway_requests_total                    | counter   | model, variant, pool, code, reason |
 | ray_sluiceway_requests_rejected_total           | counter   | model, reason                    |
 | ray_sluiceway_spillovers_total                  | counter   | model, from_pool, to_pool, reason|
 | ray_sluiceway_request_retries_total             | counter   | model, pool, reason              |
@@ -19,6 +19,7 @@ singletons), so a test can build fresh ones.
 | ray_sluiceway_replica_memory_limit_bytes        | gauge     | model, variant, pool             |
 | ray_sluiceway_replica_gpu_memory_bytes          | gauge     | model, variant, pool             |
 | ray_sluiceway_artifact_load_seconds             | gauge     | model, variant, pool             |
+| ray_sluiceway_variant_loaded                    | gauge     | model, variant, pool             |
 | ray_sluiceway_batch_size                        | histogram | model, pool                      |
 | ray_sluiceway_build_info                        | gauge (1) | version                          |
 """
@@ -100,6 +101,7 @@ BATCH_BUCKETS: tuple[float, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 2
 REQUEST_DURATION = PREFIX + "request_duration_seconds"
 REQUESTS = PREFIX + "requests"  # Ray's exporter adds _total to counters
 REJECTED = PREFIX + "requests_rejected"
+VARIANT_LOADED = PREFIX + "variant_loaded"
 SPILLOVERS = PREFIX + "spillovers"
 RETRIES = PREFIX + "request_retries"
 STALLS = PREFIX + "replica_stalls"
@@ -141,7 +143,12 @@ class IngressMetrics:
                 boundaries=list(LATENCY_BUCKETS_S),
                 tag_keys=request_labels,
             ),
-            requests=Counter(REQUESTS, description="Requests answered.", tag_keys=request_labels),
+            requests=Counter(
+                REQUESTS,
+                description="Requests answered, whatever ended them (reason: ok, shed, "
+                "unavailable, deadline, bad_request, ..., internal).",
+                tag_keys=(*request_labels, "reason"),
+            ),
             rejected=Counter(
                 REJECTED,
                 description="Requests shed (saturated) or timed out (deadline).",
@@ -181,6 +188,7 @@ class ReplicaMetrics:
     memory_limit: Gauge
     gpu_memory: Gauge
     load_seconds: Gauge
+    loaded: Gauge
     batch_size: Histogram
     dropped: Counter
 
@@ -209,6 +217,12 @@ class ReplicaMetrics:
                 description="Seconds to verify and load the artifact.",
                 tag_keys=labels,
             ),
+            loaded=Gauge(
+                VARIANT_LOADED,
+                description="1 when the replica serves the variant, 0 when its artifact "
+                "failed to load (the replica serves the other variants).",
+                tag_keys=labels,
+            ),
             batch_size=Histogram(
                 BATCH_SIZE,
                 description="Requests per model call.",
@@ -223,15 +237,17 @@ class ReplicaMetrics:
         )
 
 
-def refresh_forever(record: Callable[[], None], name: str) -> None:
-    """Call ``record`` every GAUGE_REFRESH_S from a daemon thread, for the process's life."""
+def refresh_forever(
+    record: Callable[[], None], name: str, *, every_s: float = GAUGE_REFRESH_S
+) -> None:
+    """Call ``record`` every ``every_s`` from a daemon thread, for the process's life."""
 
     def loop() -> None:
         while True:
-            time.sleep(GAUGE_REFRESH_S)
+            time.sleep(every_s)
             try:
                 record()
-            except Exception:  # a metrics hiccup must not end the reporting; it is logged
-                logger.exception("%s: gauges not recorded", name)
+            except Exception:  # one failed round must not end the loop; it is logged
+                logger.exception("%s: failed", name)
 
     threading.Thread(target=loop, name=name, daemon=True).start()

@@ -25,11 +25,12 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from ray import serve
 
+from optimize.errors import OptimizeError
 from optimize.manifest import MODEL_FILE, Manifest, verify_artifact
 from serving.batch_queue import BatchQueue, Entry
 from serving.calls import Job, Outcome, Reply, Status, Tensors
 from serving.config import ArtifactRef, PoolConfig
-from serving.errors import BadRequest, ConfigError, UnknownModel
+from serving.errors import BadRequest, ConfigError, ServingError, UnknownModel
 from serving.fetch import resolve_artifact
 from serving.metrics import ReplicaMetrics, refresh_forever
 from serving.protocols.v2 import ONNX_TO_V2, TensorSpec, check_inputs
@@ -132,6 +133,10 @@ MODEL_FAILURES: tuple[type[Exception], ...] = (
     ValueError,
     MemoryError,
 )
+# What loading one variant may raise: a bad artifact (hash, gates, fetch), a model ONNX
+# Runtime cannot open, a device that is not there.
+LOAD_FAILURES: tuple[type[Exception], ...] = (ServingError, OptimizeError, *MODEL_FAILURES)
+RELOAD_S = 5.0  # how often a replica tries again to load a variant that failed
 
 
 @dataclass(frozen=True)
@@ -276,16 +281,15 @@ class ModelReplica:
         # Sessions open in the inference threads so that ONNX Runtime's own threads share
         # their priority.
         self._executor = inference_executor(pool, self._config)
-        for name, raw in artifacts.items():
-            start = time.perf_counter()
-            variant = self._executor.submit(
-                load_variant, ArtifactRef.model_validate(raw), self._config
-            ).result()
-            self._executor.submit(_warmup, variant).result()
-            self._variants[name] = variant
-            self._load_seconds[name] = time.perf_counter() - start
-            logger.info(
-                "%s/%s on %s: loaded %s (%s)", model, name, pool, raw["uri"], variant.provider
+        self._not_loaded: dict[str, str] = {}  # variant -> why its artifact did not load
+        self._artifacts = artifacts
+        self._load_lock = threading.Lock()
+        for name in artifacts:
+            self._load(name)
+        if not self._variants:
+            raise ConfigError(
+                f"{model} on pool {pool}: no variant could be loaded: "
+                + "; ".join(f"{n}: {why}" for n, why in self._not_loaded.items())
             )
         self._id: str = serve.get_replica_context().replica_id.unique_id
         self._tags = {"model": model, "pool": pool}
@@ -303,13 +307,59 @@ class ModelReplica:
         )
         self._report_gauges()
         refresh_forever(self._report_gauges, f"{model}-{pool} gauges")
+        refresh_forever(self._load_again, f"{model}-{pool} variant loads", every_s=RELOAD_S)
+
+    def _load(self, name: str) -> bool:
+        """Verify, load and warm up one variant; on failure, record why and go on (one bad
+        variant, a canary's corrupt upload, must not stop the others)."""
+        start = time.perf_counter()
+        raw = self._artifacts[name]
+        try:
+            variant = self._executor.submit(
+                load_variant, ArtifactRef.model_validate(raw), self._config
+            ).result()
+            self._executor.submit(_warmup, variant).result()
+        except LOAD_FAILURES as exc:
+            why = str(getattr(exc, "detail", exc))
+            if self._not_loaded.get(name) != why:
+                logger.error(
+                    "%s/%s on %s: NOT loaded (the others serve): %s",
+                    self._model,
+                    name,
+                    self._pool,
+                    why,
+                )
+            self._not_loaded[name] = why
+            return False
+        self._variants[name] = variant
+        self._load_seconds[name] = time.perf_counter() - start
+        self._not_loaded.pop(name, None)
+        logger.info(
+            "%s/%s on %s: loaded %s (%s)",
+            self._model,
+            name,
+            self._pool,
+            raw["uri"],
+            variant.provider,
+        )
+        return True
+
+    def _load_again(self) -> None:
+        """Try the variants that failed to load again (the artifact may have been fixed)."""
+        with self._load_lock:
+            for name in list(self._not_loaded):
+                self._load(name)
 
     def _report_gauges(self) -> None:
         """Load time, RSS, its limit and GPU memory of every variant."""
         rss, limit = float(rss_bytes()), float(memory_limit_bytes())
         gpu = float(gpu_memory_bytes()) if self._config.device == "cuda" else 0.0
+        for name in self._not_loaded:
+            tags = {"model": self._model, "variant": name, "pool": self._pool}
+            self._metrics.loaded.set(0, tags=tags)
         for name in self._variants:
             tags = {"model": self._model, "variant": name, "pool": self._pool}
+            self._metrics.loaded.set(1, tags=tags)
             self._metrics.load_seconds.set(self._load_seconds[name], tags=tags)
             self._metrics.memory.set(rss, tags=tags)
             self._metrics.memory_limit.set(limit, tags=tags)
@@ -350,6 +400,10 @@ class ModelReplica:
 
     def _checked(self, job: Job) -> Outcome | None:
         """The job's outcome when it cannot run (unknown variant, inputs that do not fit)."""
+        if job.variant in self._not_loaded:
+            why = self._not_loaded[job.variant]
+            detail = f"variant {job.variant!r} is not loaded on pool {self._pool!r}: {why}"
+            return Outcome(Status.NOT_LOADED, detail=detail)
         try:
             check_inputs(job.inputs, self._variant(job.variant).inputs)
         except UnknownModel as exc:

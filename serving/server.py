@@ -13,6 +13,7 @@ from ray import serve
 from ray.serve.deployment import Application
 
 from serving.app import APP_NAME, Ingress
+from serving.auth import read_token
 from serving.config import PoolConfig, ServingConfig, replica_deployment_name
 from serving.replica import ModelReplica
 
@@ -180,6 +181,7 @@ def start(
     config: ServingConfig, *, address: str | None = None, num_cpus: int | None = None
 ) -> None:
     """Start a local Ray cluster (or join ``address``), then deploy and return."""
+    read_token(config)  # a missing or empty token fails here, not in every ingress replica
     apply_ray_env()
     if not ray.is_initialized():
         if address:
@@ -202,7 +204,12 @@ def start(
     logger.info("serving on http://%s:%d", config.http.host, config.http.port)
 
 
-def stop() -> None:
-    """Tear down the application and the Ray cluster this process started."""
-    serve.shutdown()
+def stop(*, joined: bool = False) -> None:
+    """Tear down what this process made: on a cluster it joined (``joined``), only its own
+    application (``serve.shutdown()`` would delete every application there); on the local
+    cluster it started, Serve and the cluster."""
+    if joined:
+        serve.delete(APP_NAME)
+    else:
+        serve.shutdown()
     ray.shutdown()

@@ -19,7 +19,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
-from optimize.manifest import model_digest, read_manifest
+from optimize.manifest import artifact_digest
 from serving.app import APP_NAME, direct
 from serving.config import PoolConfig, parse_config
 from serving.replica import inference_executor
@@ -83,7 +83,7 @@ def v2_body(clip: np.ndarray) -> tuple[bytes, dict[str, str]]:
 
 
 def artifact(path: Path) -> dict[str, str]:
-    return {"uri": str(path.resolve()), "sha256": model_digest(read_manifest(path))}
+    return {"uri": str(path.resolve()), "sha256": artifact_digest(path)}
 
 
 def config(

@@ -21,6 +21,7 @@ from serving.errors import BadRequest
 
 HEADER_LENGTH = "inference-header-content-length"
 MAX_ELEMENTS = 1 << 28  # far above any body the size limit lets through
+MAX_DIMS = 32  # numpy allows 32 (1.x) or 64 (2.x); no model takes more
 
 DATATYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -94,9 +95,22 @@ def _json_part(body: bytes, header_length: int | None) -> tuple[dict[str, Any], 
 
 
 def _shape(value: Any, where: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(isinstance(d, int) and d >= 0 for d in value):
+    if not isinstance(value, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+    ):
         raise BadRequest(f"{where}.shape must be a list of non-negative integers, got {value!r}")
+    if len(value) > MAX_DIMS:
+        raise BadRequest(f"{where}.shape has {len(value)} dimensions; at most {MAX_DIMS}")
     return tuple(value)
+
+
+def _parameters(item: dict[str, Any], where: str) -> dict[str, Any]:
+    value = item.get("parameters")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{where}.parameters must be an object, got {value!r}")
+    return value
 
 
 def _decode_input(
@@ -108,7 +122,7 @@ def _decode_input(
     name, datatype = item.get("name"), item.get("datatype")
     if not isinstance(name, str):
         raise BadRequest(f"{where}.name is missing")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise BadRequest(
             f"{where}.datatype {datatype!r} is not supported; use one of {sorted(DATATYPES)}"
         )
@@ -119,7 +133,7 @@ def _decode_input(
         raise BadRequest(
             f"{where}.shape {list(shape)} has {count} elements; at most {MAX_ELEMENTS}"
         )
-    size = (item.get("parameters") or {}).get("binary_data_size")
+    size = _parameters(item, where).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0 or offset + size > len(binary):
             raise BadRequest(f"{where}.parameters.binary_data_size {size!r} exceeds the body")
@@ -153,13 +167,16 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
     for index, item in enumerate(items):
         name, array, offset = _decode_input(index, item, binary, offset)
         inputs[name] = array
-    params = data.get("parameters") or {}
+    params = _parameters(data, "request")
     binary_default = bool(params.get("binary_data_output", False))
     requested: dict[str, bool] = {}
-    for index, item in enumerate(data.get("outputs") or []):
+    outputs = data.get("outputs") or []
+    if not isinstance(outputs, list):
+        raise BadRequest(f"outputs must be a list of objects with a name, got {outputs!r}")
+    for index, item in enumerate(outputs):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise BadRequest(f"outputs[{index}] must be an object with a name")
-        flag = (item.get("parameters") or {}).get("binary_data", binary_default)
+        flag = _parameters(item, f"outputs[{index}]").get("binary_data", binary_default)
         requested[item["name"]] = bool(flag)
     request_id = data.get("id")
     return InferRequest(
@@ -215,7 +232,12 @@ def encode_infer_response(
                 f"requested output {name!r} does not exist; outputs: {sorted(outputs)}"
             )
         array = np.ascontiguousarray(outputs[name])
-        datatype = _BY_DTYPE[array.dtype.newbyteorder("<")]
+        datatype = _BY_DTYPE.get(array.dtype.newbyteorder("<"))
+        if datatype is None:
+            raise BadRequest(
+                f"output {name!r} is {array.dtype}, which v2 cannot encode; "
+                f"datatypes: {sorted(DATATYPES)}"
+            )
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if request.binary_outputs.get(name, request.binary_default):
             raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()

@@ -347,9 +347,12 @@ class ModelRouter:
         lost: set[str] = set()
         full: set[str] = set()
         updating: set[str] = set()  # pools tried while Serve replaces their replicas
+        not_loaded: dict[str, str] = {}  # pools whose replicas could not load the variant
         budget = 4 + 2 * sum(max(1, len(s.replicas)) for s in self.stats.values())
         for _ in range(budget):
             target = self.dispatcher.target(job.rows, lost, full)
+            if target is None and not_loaded:  # the variant is out where it could run
+                raise ModelUnavailable(f"model {self.name!r}: " + "; ".join(not_loaded.values()))
             if target is None:  # shed, unless every pool is lost and one is being replaced
                 pool = self._last_resort(updating)
                 updating.add(pool)
@@ -399,6 +402,11 @@ class ModelRouter:
                 raise DeadlineExceeded(f"model {self.name!r}: the deadline passed in the queue")
             if outcome.status is Status.UNKNOWN_VARIANT:
                 raise UnknownModel(outcome.detail)
+            if outcome.status is Status.NOT_LOADED:  # another pool may have it: fail over
+                not_loaded[pool] = outcome.detail
+                lost.add(pool)
+                self._retry(pool, "not_loaded")
+                continue
             if outcome.status is Status.BAD_REQUEST:
                 raise BadRequest(outcome.detail)
             if outcome.status is Status.MODEL_ERROR:

@@ -541,7 +541,7 @@ def test_the_readme_example_values_install(tmp_path: Path) -> None:
     example = re.search(r"```yaml\n# my-values.yaml\n(.*?)```", readme, re.S)
     assert example, "the chart README lost its example values"
     path = tmp_path / "my-values.yaml"
-    path.write_text(example.group(1).replace("<model sha256 from the manifest>", SHA))
+    path.write_text(example.group(1).replace("<sha256 of its manifest.json>", SHA))
     docs = by_kind(render(path))
     service = docs["RayService"][0]
     assert {g["groupName"] for g in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]} == {

@@ -233,8 +233,8 @@ WINDOW_S = 10
 
 @dataclass(frozen=True)
 class FakeSeries:
-    """One (model, variant, pool, code) series: requests per second and, for a success,
-    the upper bound of the one bucket all its observations fall in."""
+    """One (model, variant, pool, code, reason) series: requests per second and, for a
+    success, the upper bound of the one bucket all its observations fall in."""
 
     model: str
     variant: str
@@ -242,14 +242,16 @@ class FakeSeries:
     code: str
     per_second: float
     bucket: float | None = None
+    reason: str = "ok"
 
 
 SERIES = (
     FakeSeries(MODEL, "stable", "gpu", "200", 10, bucket=0.05),  # (0, 50 ms]
     FakeSeries(MODEL, "stable", "cpu", "200", 10, bucket=0.1),  # (50, 100 ms]
     FakeSeries(MODEL, "canary", "gpu", "200", 10, bucket=0.5),  # (250, 500 ms]
-    FakeSeries(MODEL, "canary", "none", "500", 1),  # an error
-    FakeSeries(MODEL, "canary", "none", "503", 2),  # shed: answered, not an error
+    FakeSeries(MODEL, "canary", "none", "500", 1, reason="internal"),  # an error
+    FakeSeries(MODEL, "canary", "none", "503", 2, reason="shed"),  # answered, not an error
+    FakeSeries(MODEL, "canary", "none", "503", 1, reason="unavailable"),  # an outage: error
     FakeSeries(WEIRD_MODEL, "stable", "gpu", "200", 10, bucket=0.05),
 )
 
@@ -260,6 +262,7 @@ def _labels(series: FakeSeries, **extra: str) -> str:
         "variant": series.variant,
         "pool": series.pool,
         "code": series.code,
+        "reason": series.reason,
         **extra,
     }
     escaped = {k: v.replace("\\", "\\\\").replace('"', '\\"') for k, v in pairs.items()}
@@ -350,9 +353,9 @@ def test_variant_health_reads_p99_requests_and_errors(client: PrometheusClient) 
     assert canary.requests > 30
     assert canary.p99_seconds is not None
     assert 0.25 < canary.p99_seconds <= 0.5
-    # 1 error a second out of 13 answered; the 2 sheds a second are not errors.
+    # 2 errors a second (a 500, an outage's 503) out of 14 answered; sheds are not errors.
     assert canary.error_ratio is not None
-    assert 0.04 < canary.error_ratio < 0.12
+    assert 0.10 < canary.error_ratio < 0.19
 
     verdict = judge(stable, canary)
     assert verdict.decision is Decision.ROLLBACK
@@ -414,7 +417,7 @@ def test_a_query_prometheus_rejects_is_reported_with_its_error(
 def test_scalar_and_vector_results(client: PrometheusClient) -> None:
     assert [s.value for s in client.query("scalar(vector(2))")] == [2.0]
     samples = client.query(f'{REQUESTS_TOTAL}{{model="{MODEL}",variant="canary"}}')
-    assert sorted(s.labels["code"] for s in samples) == ["200", "500", "503"]
+    assert sorted(s.labels["code"] for s in samples) == ["200", "500", "503", "503"]
 
 
 def test_an_address_that_is_not_prometheus(exporter: str) -> None:

@@ -5,6 +5,7 @@ session's tiny artifacts (built once by the real optimize pipeline) are marked s
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
 from pathlib import Path
@@ -22,6 +23,7 @@ from deploy.values import (
     chart_values,
     parse_memory_bytes,
     rebalance_weights,
+    slo_origin,
     write_values,
 )
 from optimize.manifest import MANIFEST_FILE, read_manifest
@@ -59,14 +61,14 @@ def rayservice(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_artifacts_carry_the_manifest_digest_and_the_uri_under_the_prefix(
+def test_artifacts_carry_the_artifact_digest_and_the_uri_under_the_prefix(
     values: dict[str, Any], tiny_artifacts: Path
 ) -> None:
     model = values["serving"]["models"]["w2v"]
     refs = model["variants"]["stable"]["artifacts"]
     for pool, name in (("gpu", "fp16"), ("cpu", "int8")):
-        manifest = read_manifest(tiny_artifacts / name)
-        digest = next(f.sha256 for f in manifest.files if f.path == "model.onnx")
+        # the whole artifact is pinned: its manifest, which pins every file in turn
+        digest = hashlib.sha256((tiny_artifacts / name / MANIFEST_FILE).read_bytes()).hexdigest()
         assert refs[pool] == {"uri": f"{PREFIX}/{name}", "sha256": digest}
     assert model["variants"]["stable"]["weight"] == 100
     assert model["routing"]["pools"] == ["gpu", "cpu"]  # GPU first, whatever the order given
@@ -118,6 +120,20 @@ def test_slo_defaults_to_twice_the_preferred_pools_p99_rounded_up_to_10_ms(
     assert slo >= 2 * p99 and slo - 2 * p99 < 0.01
     given = chart_values("w2v", gpu_cpu(tiny_artifacts), uri_prefix=PREFIX, slo_p99_seconds=0.3)
     assert given["serving"]["models"]["w2v"]["routing"]["slo_p99_seconds"] == 0.3
+
+
+def test_the_user_is_told_which_figure_the_slo_came_from_and_when_to_distrust_it(
+    values: dict[str, Any], tiny_artifacts: Path
+) -> None:
+    slo = values["serving"]["models"]["w2v"]["routing"]["slo_p99_seconds"]
+    latency = read_manifest(tiny_artifacts / "fp16").measurements.latency
+    said = slo_origin(gpu_cpu(tiny_artifacts), None)
+    assert said.startswith(f"SLO {slo:g} s: 2x the P99 of pool gpu's artifact fp16 (")
+    assert f"{latency.p99_s * 1e3:.0f} ms over {latency.runs} runs" in said
+    # the fp16 artifact was timed here, on the CPU: not what a GPU pool will see
+    assert "measured on CPUExecutionProvider, not the GPU this pool runs on" in said
+    assert said.endswith("pass --slo-p99-seconds")
+    assert slo_origin(gpu_cpu(tiny_artifacts), 0.3) == "SLO 0.3 s: given (--slo-p99-seconds)"
 
 
 @pytest.mark.slow

@@ -82,10 +82,10 @@ def test_student_int8_artifact_records_its_teacher_and_failed_gates_refuse_it(
     assert not manifest.accepted
 
     from optimize.errors import ArtifactError
-    from optimize.manifest import model_digest
+    from optimize.manifest import artifact_digest
     from serving.config import ArtifactRef, PoolConfig
     from serving.replica import load_variant
 
-    ref = ArtifactRef(uri=str(directory), sha256=model_digest(manifest))
+    ref = ArtifactRef(uri=str(directory), sha256=artifact_digest(directory))
     with pytest.raises(ArtifactError, match="gate"):
         load_variant(ref, PoolConfig())

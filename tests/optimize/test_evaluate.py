@@ -20,7 +20,7 @@ def test_fidelity_counts_agreement_cosine_and_error() -> None:
 def test_non_finite_outputs_fail_every_similarity() -> None:
     source = np.ones((2, 2), dtype=np.float32)
     result = fidelity(source, np.full((2, 2), np.nan, dtype=np.float32), ["a", "b"])
-    assert result.max_abs_error == float("inf")
+    assert result.nonfinite_logits == 4  # their own gate; every figure stays finite for JSON
     assert result.logit_cosine == -1.0
 
 
@@ -32,3 +32,17 @@ def test_task_metrics_are_macro_averaged() -> None:
     # class 0: p=2/3 r=1; class 1: p=1 r=1/2
     assert metrics.precision == pytest.approx((2 / 3 + 1) / 2)
     assert metrics.recall == pytest.approx(0.75)
+
+
+def test_latency_spread_is_about_one_when_quiet_and_wide_when_the_machine_was_busy() -> None:
+    from optimize.manifest import WIDE_SPREAD
+    from optimize.measure import latency_stats, spread
+
+    rng = np.random.default_rng(0)
+    quiet = list(0.020 * rng.lognormal(0, 0.05, 50))
+    busy = quiet[:20] + [3 * x for x in quiet[20:30]] + quiet[30:]  # a slice while busy
+    assert spread(quiet) is not None and spread(quiet) < 1.1  # type: ignore[operator]
+    assert spread(busy) > WIDE_SPREAD  # type: ignore[operator]
+    assert spread(quiet[:5]) is None  # too few runs to say
+    stats = latency_stats(busy, batch=1, clip_seconds=3, threads=2)
+    assert stats.spread == spread(busy)

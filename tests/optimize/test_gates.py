@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from optimize.errors import GateSpecError
+from optimize.evaluate import fidelity
 from optimize.gates import GateThresholds, judge, parse_gate_overrides, thresholds_for
 from optimize.manifest import Fidelity, Precision
 
@@ -54,3 +58,19 @@ def test_bad_gate_specs_say_what_is_wrong(spec: str, message: str) -> None:
 def test_out_of_range_threshold_is_rejected_naming_the_field() -> None:
     with pytest.raises(ValidationError, match="min_top1_agreement"):
         thresholds_for(Precision.INT8, parse_gate_overrides(["min_top1_agreement=1.5"]))
+
+
+def test_nan_logits_fail_their_own_gate_and_the_manifest_still_reads(tmp_path: Path) -> None:
+    """A candidate that answers NaN/inf is a failed gate the user can read, not a manifest
+    that no longer parses ("rebuild the artifact")."""
+    source = np.array([[2.0, -1.0], [0.5, 1.5], [1.0, 0.0]], np.float32)
+    candidate = source.copy()
+    candidate[1, 0] = np.nan
+    candidate[2, 1] = np.inf
+    measured = fidelity(source, candidate, ["a", "b"])
+    assert measured.nonfinite_logits == 2
+    results = judge(measured, GateThresholds.for_precision(Precision.FP16))
+    assert "max_nonfinite_logits" in [g.name for g in results if not g.passed]
+    (tmp_path / "fidelity.json").write_text(measured.model_dump_json())
+    again = Fidelity.model_validate_json((tmp_path / "fidelity.json").read_text())
+    assert again == measured  # every figure finite: JSON keeps it

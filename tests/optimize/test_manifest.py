@@ -19,7 +19,7 @@ from optimize.errors import (
 from optimize.manifest import (
     MANIFEST_FILE,
     MODEL_FILE,
-    model_digest,
+    artifact_digest,
     read_manifest,
     verify_artifact,
 )
@@ -38,6 +38,25 @@ def test_manifest_imports_without_torch_or_onnxruntime() -> None:
     assert done.stdout.strip() == "ok"
 
 
+def test_the_serving_image_modules_import_without_torch_or_transformers() -> None:
+    """What runs in the serving image (no torch, no transformers; ONNX Runtime and Ray
+    there): the ingress, the replica, the artifact fetch, the entrypoint and the router."""
+    code = (
+        "import importlib.abc, sys\n"
+        "class Absent(importlib.abc.MetaPathFinder):  # as if not installed (scipy probes\n"
+        "    def find_spec(self, name, path, target=None):  # sys.modules for torch)\n"
+        "        if name.split('.')[0] in ('torch', 'transformers', 'onnx'):\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Absent())\n"
+        "import serving.app, serving.replica, serving.fetch, serving.entrypoint\n"
+        "import serving.routing.router, serving.server, serving.simulate\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "ok"
+
+
 @pytest.fixture
 def artifact(tiny_artifacts: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "int8"
@@ -47,7 +66,7 @@ def artifact(tiny_artifacts: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 def test_verify_accepts_a_good_artifact(artifact: Path) -> None:
-    manifest = verify_artifact(artifact, expected_sha256=model_digest(read_manifest(artifact)))
+    manifest = verify_artifact(artifact, expected_sha256=artifact_digest(artifact))
     assert manifest.accepted
     assert manifest.precision == "int8"
 
@@ -65,8 +84,15 @@ def test_verify_refuses_a_changed_model_file(artifact: Path) -> None:
 
 @pytest.mark.slow
 def test_verify_refuses_an_unexpected_digest(artifact: Path) -> None:
-    with pytest.raises(ArtifactHashMismatch, match="is not the expected 0+"):
+    with pytest.raises(ArtifactHashMismatch, match="expected 0+"):
         verify_artifact(artifact, expected_sha256="0" * 64)
+    # the model file untouched, the labels swapped: another artifact as far as serving goes
+    pinned = artifact_digest(artifact)
+    raw = json.loads((artifact / MANIFEST_FILE).read_text())
+    raw["input"]["labels"] = raw["input"]["labels"][::-1]
+    (artifact / MANIFEST_FILE).write_text(json.dumps(raw))
+    with pytest.raises(ArtifactHashMismatch, match="its manifest was changed"):
+        verify_artifact(artifact, expected_sha256=pinned)
 
 
 @pytest.mark.slow

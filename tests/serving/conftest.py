@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from optimize.manifest import model_digest, read_manifest
+from optimize.manifest import artifact_digest
 from tests.conftest import TOKEN, free_port  # noqa: F401 (re-exported for the tests here)
 
 
 def artifact(directory: Path) -> dict[str, str]:
-    return {"uri": str(directory), "sha256": model_digest(read_manifest(directory))}
+    return {"uri": str(directory), "sha256": artifact_digest(directory)}
 
 
 def serving_config(

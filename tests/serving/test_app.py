@@ -194,6 +194,31 @@ def test_classify_a_wav_upload(server: str, clips: np.ndarray, tiny_artifacts: P
             404,
             "variant 'v9'",
         ),
+        ("get", "/v3/anything", {}, 404, "no route '/v3/anything'"),
+        ("get", "/v2/models/tiny/infer", {}, 405, "GET is not allowed on '/v2/models/tiny/infer'"),
+        (
+            "post",
+            "/v1/models/tiny:classify",
+            {
+                "content": b"\x00\x00" * 400,
+                "headers": {"content-type": "audio/l16;rate=1999993"},
+            },
+            400,
+            "sample rate 1999993 Hz is outside 8000-192000 Hz",
+        ),
+        (
+            "post",
+            "/v2/models/tiny/infer",
+            {
+                "json": {
+                    "inputs": [
+                        {"name": "input_values", "shape": [1] * 65, "datatype": "FP32", "data": [0]}
+                    ]
+                }
+            },
+            400,
+            "inputs[0].shape has 65 dimensions",
+        ),
     ],
 )
 def test_bad_input_gets_its_4xx_and_the_server_stays_healthy(

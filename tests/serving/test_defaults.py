@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from optimize.manifest import model_digest, read_manifest
-from serving.defaults import config_for_artifacts
+from optimize.manifest import artifact_digest
+from serving.defaults import config_for_artifacts, gpu_visible
 from serving.errors import ConfigError
 
 
@@ -19,7 +19,7 @@ def test_default_config_serves_int8_on_cpu_and_fp16_on_gpu_when_there_is_one(
     assert model.routing.pools == ["cpu"]
     ref = model.variants["default"].artifacts["cpu"]
     assert ref.local_path() == (tiny_artifacts / "int8").resolve()
-    assert ref.sha256 == model_digest(read_manifest(tiny_artifacts / "int8"))
+    assert ref.sha256 == artifact_digest(tiny_artifacts / "int8")
     assert cpu_only.http.port == 9000
     # One machine: CPU inference yields to the proxy and ingress (nice), the GPU pool's
     # threads mostly wait on the device and keep normal priority.
@@ -55,3 +55,22 @@ def test_the_cpu_pool_serves_the_student_when_it_passed_its_gates(
     (built / "student-int8" / "manifest.json").write_text(json.dumps(manifest))
     ref = config_for_artifacts(built, gpu=False).models["built"].variants["default"]
     assert ref.artifacts["cpu"].uri.endswith("/int8")
+
+
+@pytest.mark.parametrize(
+    ("visible", "device_file", "usable"),
+    [
+        (None, True, True),
+        (None, False, False),
+        ("0", False, True),  # a container may expose the GPU without /dev/nvidia0 here
+        ("GPU-5d1c2b3a", False, True),
+        ("1,0", True, True),
+        ("-1", True, False),  # the usual way to hide every GPU
+        ("", True, False),
+        (" -1,0", True, False),  # CUDA stops at the first invalid entry
+    ],
+)
+def test_cuda_visible_devices_hides_or_names_gpus(
+    visible: str | None, device_file: bool, usable: bool
+) -> None:
+    assert gpu_visible(visible, device_file) is usable

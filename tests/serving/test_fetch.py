@@ -21,6 +21,7 @@ import yaml
 from optimize.manifest import (
     MANIFEST_FILE,
     MODEL_FILE,
+    artifact_digest,
     model_digest,
     read_manifest,
     verify_artifact,
@@ -82,7 +83,7 @@ def site(tiny_artifacts: Path, tmp_path: Path) -> Iterator[Site]:
 
 
 def sha256_of(directory: Path) -> str:
-    return model_digest(read_manifest(directory))
+    return artifact_digest(directory)
 
 
 def cache_entries(cache: Path) -> list[str]:
@@ -127,7 +128,7 @@ def test_resolve_artifact_fetches_urls_into_the_env_cache_and_keeps_local_paths(
 def test_the_ingress_reads_an_http_artifacts_manifest_alone_checked(site: Site) -> None:
     expected = sha256_of(site.root / "int8")
     manifest = artifact_manifest(ArtifactRef(uri=site.url("int8"), sha256=expected))
-    assert model_digest(manifest) == expected
+    assert manifest == read_manifest(site.root / "int8")
     assert site.requests == ["/int8/manifest.json"]  # never the model
     local = artifact_manifest(ArtifactRef(uri=str(site.root / "int8"), sha256=expected))
     assert local == manifest
@@ -292,3 +293,30 @@ def test_the_init_container_cli_fails_with_one_error_line_on_a_bad_digest(
     assert site.url("int8") in errors[0]
     assert f"expected {wrong}" in errors[0]
     assert cache_entries(tmp_path / "cache") == []
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_an_edited_manifest_is_refused_though_the_model_file_is_the_same(
+    site: Site, tmp_path: Path
+) -> None:
+    """Swapping two labels turns a detector's answers around: the digest pins the manifest."""
+    expected = sha256_of(site.root / "int8")
+    path = site.root / "int8" / MANIFEST_FILE
+    original = path.read_text()
+    raw = json.loads(original)
+    raw["input"]["labels"] = raw["input"]["labels"][::-1]
+    path.write_text(json.dumps(raw, indent=2))
+    try:
+        with pytest.raises(ArtifactFetchError, match=f"expected {expected}"):
+            fetch_artifact(site.url("int8"), expected, tmp_path / "cache")
+        assert site.requests == ["/int8/manifest.json"]
+        for uri in (site.url("int8"), str(site.root / "int8")):  # the ingress's read too
+            with pytest.raises(ArtifactFetchError, match="its manifest was changed"):
+                artifact_manifest(ArtifactRef(uri=uri, sha256=expected))
+    finally:
+        path.write_text(original)
+    # a config that still pins model.onnx alone (older sluiceway) is told what to pin now
+    old = model_digest(read_manifest(site.root / "int8"))
+    with pytest.raises(ArtifactFetchError, match=f"pin the whole artifact with {expected}"):
+        artifact_manifest(ArtifactRef(uri=str(site.root / "int8"), sha256=old))

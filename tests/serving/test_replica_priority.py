@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optimize.manifest import model_digest, read_manifest
+from optimize.manifest import artifact_digest
 from serving.config import ArtifactRef, PoolConfig
 from serving.replica import inference_executor, load_variant
 
@@ -28,7 +28,7 @@ def test_sessions_and_runs_happen_at_the_pools_priority(tiny_artifacts: Path) ->
     config = PoolConfig(threads=2, nice=min(19, here + 7), max_ongoing_requests=1)
     ref = ArtifactRef(
         uri=str(tiny_artifacts / "int8"),
-        sha256=model_digest(read_manifest(tiny_artifacts / "int8")),
+        sha256=artifact_digest(tiny_artifacts / "int8"),
     )
     executor = inference_executor("cpu", config)
     try:

@@ -149,6 +149,10 @@ def test_fails_over_when_every_fast_replica_is_killed_mid_load(
 
     try:
         during = asyncio.run(scenario())
+        # metadata (tritonclient's first call) comes from the manifest: no pool needed
+        meta = httpx.get(f"{base}/v2/models/tiny", headers=AUTH, timeout=10)
+        assert meta.status_code == 200, meta.text
+        assert meta.json()["inputs"][0]["name"] == "input_values"
     finally:
         model_file.write_bytes(original)  # the node comes back
     codes = Counter(r.status_code for r in during)

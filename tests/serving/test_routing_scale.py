@@ -256,18 +256,19 @@ def test_after_a_burst_spills_the_calm_traffic_returns_to_the_preferred_pool(
 def test_a_request_past_its_deadline_is_dropped_by_the_replica_not_run(
     ray_serve: dict[str, int], tiny_artifacts: Path, slow_artifact: Path, token_file: Path
 ) -> None:
-    """One replica, one request at a time, 0.4 s per request, a 1 s deadline: of a burst of
+    """One replica, one request at a time, 0.4 s per request, a 2 s deadline: of a burst of
     eight, the first few are served; the rest wait past their deadline, answer 504, and the
-    replica never runs them."""
+    replica never runs them. (The stall bound sits just under the deadline: a call slowed
+    past it on a busy machine would be retried, and run twice.)"""
     config = slow_model_config(
         ray_serve,
         tiny_artifacts,
         slow_artifact,
         token_file,
         model="tiny",
-        routing={"pools": ["fast"], "slo_p99_seconds": 30.0, "stall_seconds": 0.9},
+        routing={"pools": ["fast"], "slo_p99_seconds": 30.0, "stall_seconds": 1.9},
         fast={"max_ongoing_requests": 1, "max_queued_requests": 16},
-        limits={"max_audio_seconds": 8.0, "deadline_seconds": 1.0},
+        limits={"max_audio_seconds": 8.0, "deadline_seconds": 2.0},
     )
     deploy(config)
     base = f"http://127.0.0.1:{ray_serve['http']}"
@@ -406,6 +407,17 @@ def test_a_model_that_raises_fails_that_request_alone_with_a_counted_json_500(
     listing = httpx.get(f"{base}/v1/models", headers=AUTH, timeout=10).json()["models"][0]
     assert all(p["healthy"] for p in listing["pools"]) and not listing["spilling"]
     assert poll(lambda: scrape(port, requests_name).get("500", 0.0) - before >= 5)
+    # every response is counted with its code, a refused one too (bad body, unknown model)
+    counted = scrape(port, requests_name)
+    bad = httpx.post(f"{base}/v1/models/tiny:classify", content=b"RIFFjunk", headers=AUTH)
+    unknown = httpx.post(f"{base}/v1/models/nope:classify", content=pcm(0.5), headers=AUTH)
+    assert (bad.status_code, unknown.status_code) == (400, 404)
+
+    def both_counted() -> bool:
+        now = scrape(port, requests_name)
+        return all(now.get(code, 0.0) > counted.get(code, 0.0) for code in ("400", "404"))
+
+    assert poll(both_counted)
 
 
 def test_an_ingress_replica_killed_loses_at_most_what_it_held(
@@ -449,3 +461,44 @@ def test_an_ingress_replica_killed_loses_at_most_what_it_held(
     # client's clock is a few ms off the kill: 0.1 s of slack) is served
     assert len(failed) <= clients, failed
     assert all(at < 0.1 for at, _ in failed), failed
+
+
+def test_a_variant_whose_artifact_fails_to_load_is_reported_and_the_others_serve(
+    ray_serve: dict[str, int], tiny_artifacts: Path, token_file: Path, tmp_path: Path
+) -> None:
+    """A canary's corrupt upload must not keep the stable variant's replicas from starting."""
+    import shutil
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_artifacts / "fp32", corrupt)
+    ref = artifact(corrupt)
+    model = corrupt / MODEL_FILE
+    model.write_bytes(model.read_bytes()[:-16] + bytes(16))  # no longer what it pins
+    config = serving_config(tiny_artifacts, token_file, ports=ray_serve)
+    config["models"]["tiny"]["variants"]["canary"] = {
+        "weight": 0,
+        "artifacts": {"fast": ref, "slow": ref},
+    }
+    deploy(config)
+    base = f"http://127.0.0.1:{ray_serve['http']}"
+    wait_ready(base)
+    stable = httpx.post(
+        f"{base}/v1/models/tiny:classify", content=pcm(0.5), headers=AUTH | PCM, timeout=30
+    )
+    assert stable.status_code == 200 and stable.headers["x-sluiceway-variant"] == "stable"
+    body = {"inputs": [{"name": "input_values", "shape": [1, 8000], "datatype": "FP32"}]}
+    body["inputs"][0]["data"] = [0.0] * 8000
+    canary = httpx.post(
+        f"{base}/v2/models/tiny/versions/canary/infer", json=body, headers=AUTH, timeout=30
+    )
+    assert canary.status_code == 503, canary.text
+    assert "variant 'canary' is not loaded on pool" in canary.json()["error"]
+    assert "sha256" in canary.json()["error"]  # and why
+
+    def reported() -> bool:
+        text = httpx.get(f"http://127.0.0.1:{ray_serve['metrics']}/metrics", timeout=10).text
+        name = metrics.exported_name(metrics.VARIANT_LOADED)
+        lines = [line for line in text.splitlines() if line.startswith(name + "{")]
+        return any('variant="canary"' in line and line.endswith(" 0.0") for line in lines)
+
+    assert poll(reported)

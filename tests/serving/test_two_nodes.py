@@ -229,6 +229,13 @@ def test_a_lost_node_fails_its_pool_over_and_traffic_returns_when_it_is_back(
 
         two_nodes.start_worker()
         wait_for(lambda: served_by(base) == "fast", 180, "traffic to return to the fast pool")
+
+        # Another team's application on the same cluster: Ctrl-C must remove only ours
+        ray_script(two_nodes, NEIGHBOUR)
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(timeout=120) == 0, (tmp_path / "serve.err").read_text()[-3000:]
+        left = json.loads(ray_script(two_nodes, APPLICATIONS).splitlines()[-1])
+        assert "neighbour" in left and "sluiceway" not in left, left
     finally:
         if serve.poll() is None:
             serve.send_signal(signal.SIGINT)
@@ -236,3 +243,35 @@ def test_a_lost_node_fails_its_pool_over_and_traffic_returns_when_it_is_back(
                 serve.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 serve.kill()
+
+
+NEIGHBOUR = """
+from ray import serve
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+def hello(request):
+    return "hi"
+
+serve.run(hello.bind(), name="neighbour", route_prefix="/neighbour")
+"""
+APPLICATIONS = """
+import json
+from ray import serve
+
+print(json.dumps(sorted(serve.status().applications)))
+"""
+
+
+def ray_script(nodes: TwoNodes, body: str) -> str:
+    """Run ``body`` as a driver connected to the two-node cluster; its stdout."""
+    script = f"import ray\nray.init(address={nodes.address!r}, logging_level='ERROR')\n{body}"
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=nodes.env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout

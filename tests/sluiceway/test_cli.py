@@ -80,30 +80,43 @@ def test_debug_variable_shows_the_traceback(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_a_failed_gate_exits_non_zero_naming_it_and_marks_the_artifact(tmp_path: Path) -> None:
     output = tmp_path / "strict"
-    done = sluiceway(
-        "optimize",
-        "--model",
-        "wav2vec2-tiny",
-        "--output",
-        str(output),
-        "--variants",
-        "fp16",
-        "--seconds",
-        "1",
-        "--eval-clips",
-        "16",
-        "--latency-runs",
-        "5",
-        "--quiet",
-        "--gate",
-        "fp16.max_abs_error=1e-9",
-    )
+
+    def build(*extra: str) -> subprocess.CompletedProcess[str]:
+        return sluiceway(
+            "optimize",
+            "--model",
+            "wav2vec2-tiny",
+            "--output",
+            str(output),
+            "--variants",
+            "fp16",
+            "--seconds",
+            "1",
+            "--eval-clips",
+            "16",
+            "--latency-runs",
+            "5",
+            "--quiet",
+            *extra,
+        )
+
+    done = build("--gate", "fp16.max_abs_error=1e-9")
     assert done.returncode == 1, done.stderr
     assert "Error: quality gates failed: fp16: max_abs_error" in done.stderr
     manifest = read_manifest(output / "fp16")
     assert not manifest.accepted
     assert [g.name for g in manifest.failed_gates] == ["max_abs_error"]
     assert "FAILED: max_abs_error" in done.stdout
+
+    # a good build replaces the rejected one; a failed rebuild then leaves it in place
+    assert build("--overwrite").returncode == 0
+    good = (output / "fp16" / "manifest.json").read_bytes()
+    done = build("--overwrite", "--gate", "fp16.max_abs_error=1e-9")
+    assert done.returncode == 1, done.stderr
+    assert f"The previous artifacts in {output} are kept" in " ".join(done.stderr.split())
+    assert (output / "fp16" / "manifest.json").read_bytes() == good
+    assert read_manifest(output / "fp16").accepted
+    assert not read_manifest(tmp_path / "strict.rejected" / "fp16").accepted
 
 
 @pytest.mark.slow

@@ -90,6 +90,41 @@ def test_binary_inputs_and_outputs_round_trip() -> None:
             None,
             "elements; at most",
         ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [' + b",".join([b"1"] * 65) + b"], "
+            b'"datatype": "FP32", "data": [1]}]}',
+            None,
+            "inputs[0].shape has 65 dimensions; at most 32",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [], "datatype": {}, "data": null}]}',
+            None,
+            "inputs[0].datatype {} is not supported",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1], '
+            b'"parameters": [1]}]}',
+            None,
+            "inputs[0].parameters must be an object",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}], '
+            b'"parameters": "binary"}',
+            None,
+            "request.parameters must be an object",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}], '
+            b'"outputs": [{"name": "y", "parameters": 7}]}',
+            None,
+            "outputs[0].parameters must be an object",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}], '
+            b'"outputs": {"name": "y"}}',
+            None,
+            "outputs must be a list",
+        ),
     ],
 )
 def test_malformed_requests_say_what_is_wrong(
@@ -106,3 +141,16 @@ def test_signature_checks_name_dtype_and_rank() -> None:
         check_inputs({"input_values": np.zeros((1, 2))}, SIGNATURE)
     with pytest.raises(BadRequest, match=r"shape \[2\] does not fit \[-1, -1\]"):
         check_inputs({"input_values": np.zeros(2, np.float32)}, SIGNATURE)
+
+
+def test_an_output_the_codec_cannot_encode_is_a_400_naming_it() -> None:
+    request = parse_infer_request(
+        b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}', None
+    )
+    with pytest.raises(BadRequest, match="output 'z' is complex64, which v2 cannot encode"):
+        encode_infer_response(
+            model_name="m",
+            model_version="v",
+            request=request,
+            outputs={"z": np.zeros(2, np.complex64)},
+        )

@@ -1,0 +1,149 @@
+"""What the OpenAPI spec says of each route: its real status codes with the error body, and
+the v2 request and response bodies (the handlers read raw bodies, so FastAPI cannot infer
+them). A generated client or a fuzzer (``make fuzz``) learns the API from these."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from serving.protocols.v2 import DATATYPES, HEADER_LENGTH
+
+
+class ErrorBody(BaseModel):
+    """Every error, whatever its status."""
+
+    error: str = Field(description="what was wrong and what to do")
+
+
+class V2Parameters(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    binary_data_size: int | None = Field(
+        None, ge=0, description="bytes of this tensor after the JSON"
+    )
+    binary_data: bool | None = Field(None, description="an output: return it as binary")
+    binary_data_output: bool | None = Field(None, description="request: every output binary")
+
+
+class V2InputTensor(BaseModel):
+    name: str
+    shape: list[Annotated[int, Field(ge=0)]] = Field(max_length=32)
+    datatype: Literal[tuple(sorted(DATATYPES))]  # type: ignore[valid-type]
+    data: list[Any] | None = Field(None, description="row-major values, flat or nested")
+    parameters: V2Parameters | None = None
+
+
+class V2RequestedOutput(BaseModel):
+    name: str
+    parameters: V2Parameters | None = None
+
+
+class V2InferRequest(BaseModel):
+    """Open Inference Protocol v2 request (JSON, or JSON + binary tensors with the
+    ``Inference-Header-Content-Length`` header giving the JSON part's length)."""
+
+    id: str | None = None
+    parameters: V2Parameters | None = None
+    inputs: list[V2InputTensor] = Field(min_length=1)
+    outputs: list[V2RequestedOutput] | None = None
+
+
+class V2OutputTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any] | None = None
+    parameters: V2Parameters | None = None
+
+
+class V2InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[V2OutputTensor]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int] = Field(description="-1: any length")
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    variant: str
+    pool: str
+    label: str
+    scores: dict[str, float]
+    seconds: float = Field(description="length of the audio, seconds")
+
+
+_WHY = {
+    400: "the body, its tensors or its audio are malformed; the error names the field",
+    401: "missing or wrong bearer token (when auth is on)",
+    404: "no such model or variant",
+    413: "the body or the audio is longer than the model's limit",
+    500: "the model or the server failed on this request",
+    503: "shed (every pool is full; Retry-After says when to retry) or no pool can serve",
+    504: "no result within the model's deadline",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """FastAPI ``responses`` for these error codes, each with the error body."""
+    return {code: {"model": ErrorBody, "description": _WHY[code]} for code in codes}
+
+
+INFER_CODES = (400, 401, 404, 413, 500, 503, 504)
+
+
+_REF = "#/components/schemas/{model}"
+
+
+def components() -> dict[str, Any]:
+    """Schemas the request bodies refer to, for the spec's ``components.schemas``."""
+    schema = V2InferRequest.model_json_schema(ref_template=_REF)
+    return {"V2InferRequest": schema, **schema.pop("$defs", {})}
+
+
+def v2_infer_docs() -> dict[str, Any]:
+    """``openapi_extra`` of the v2 infer routes: the request body, JSON or binary."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": _REF.format(model="V2InferRequest")}},
+                "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"},
+                    "description": f"JSON part then binary tensors; {HEADER_LENGTH} header "
+                    "gives the JSON part's length",
+                },
+            },
+        }
+    }
+
+
+def classify_docs() -> dict[str, Any]:
+    """``openapi_extra`` of classify: the audio upload."""
+    audio = {"schema": {"type": "string", "format": "binary"}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "audio/wav": audio,
+                "audio/flac": audio,
+                "audio/l16": audio | {"description": "raw 16-bit PCM, mono; ;rate=N (Hz)"},
+                "audio/pcm-f32le": audio | {"description": "raw float32 PCM, mono; ;rate=N"},
+            },
+        }
+    }
