@@ -31,7 +31,9 @@ from enum import StrEnum
 Clock = Callable[[], float]
 ANY_REPLICA = ""  # no replica known yet: let Serve pick one
 SAMPLED_PICK = 8  # above this many replicas, pick the better of two at random first
-QUANTILE = 0.9  # of recent model-call times, for the SLO decisions
+# Of recent model-call times, for the SLO decisions: the median (the p90 made the ingress
+# refuse closed-loop clients that the pool served within the SLO; see the commit)
+QUANTILE = 0.5
 
 
 class ReplicaState(StrEnum):
@@ -49,7 +51,7 @@ class PoolView:
     held: int  # rows the pool holds (running and waiting), from every ingress, as known
     capacity: int  # rows its up replicas run at once
     queue_limit: int  # rows they may hold waiting beyond that
-    service_time_s: float | None  # recent model-call time (p90); None when nothing fresh
+    service_time_s: float | None  # recent model-call time (median); None when nothing fresh
     last_service_time_s: float | None = None  # the last one known, however old
 
     @property
@@ -336,8 +338,7 @@ class PoolStats:
         del self._sorted[bisect.bisect_left(self._sorted, seconds)]
 
     def service_time_s(self) -> float | None:
-        """The 90th percentile of the latest ``window`` samples younger than ``ttl_s``: the
-        SLO is a tail, and a request often runs in a fuller (slower) call than most."""
+        """The ``QUANTILE`` of the latest ``window`` samples younger than ``ttl_s``."""
         horizon = self._clock() - self.ttl_s
         samples = self._samples
         while samples and samples[0][0] < horizon:

@@ -112,16 +112,17 @@ def test_a_replica_holding_calls_with_no_answer_for_the_stall_bound_is_stalled()
     assert stats.stalled_now() == []
 
 
-def test_service_time_is_the_90th_percentile_of_fresh_samples_and_ages_out() -> None:
+def test_service_time_is_the_median_of_fresh_samples_and_ages_out() -> None:
     clock = FakeClock()
     stats = pool(clock)
-    for seconds in [0.1] * 8 + [0.4] * 2:
+    for seconds in (0.5, 0.5, 0.5):
         stats.record_service(seconds)
-    assert stats.service_time_s() == 0.4  # two slow calls in ten: the SLO's tail sees them
+    assert stats.service_time_s() == 0.5
     clock.now += 1.5
-    stats.record_service(0.05)
-    assert stats.service_time_s() == 0.4  # the window still holds them
-    clock.now += 1.0  # the first ten samples are older than the ttl now
+    for seconds in (0.05, 0.05, 0.05, 0.05):
+        stats.record_service(seconds)
+    assert stats.service_time_s() == 0.05  # four of seven
+    clock.now += 1.0  # the 0.5 s samples are older than the ttl now
     assert stats.service_time_s() == 0.05
     clock.now += 5.0  # nothing fresh at all: unknown, not slow; the last figure is kept
     assert stats.service_time_s() is None
