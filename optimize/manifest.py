@@ -242,18 +242,25 @@ def write_manifest(directory: Path, manifest: Manifest) -> Path:
 
 def read_manifest(directory: Path) -> Manifest:
     """Parse ``directory/manifest.json``; does not check hashes or gates."""
+    return read_pinned(directory)[0]
+
+
+def read_pinned(directory: Path) -> tuple[Manifest, str]:
+    """The manifest and its ``artifact_digest``, from one read of the file (what is parsed
+    is what was hashed)."""
     path = directory / MANIFEST_FILE
     if not path.is_file():
         raise ArtifactNotFound(
             f"no {MANIFEST_FILE} in {directory}: is this an artifact directory made by "
             "`sluiceway optimize`?"
         )
+    data = path.read_bytes()
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestInvalid(f"{path} is not valid JSON ({exc}); rebuild the artifact") from exc
     try:
-        return Manifest.model_validate(raw)
+        return Manifest.model_validate(raw), hashlib.sha256(data).hexdigest()
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(root)"
@@ -270,7 +277,7 @@ def verify_artifact(directory: Path, *, expected_sha256: str | None = None) -> M
     (the serving config's ``sha256``, see ``artifact_digest``): a different artifact, or
     this one with its manifest edited, is refused too.
     """
-    manifest = read_manifest(directory)
+    manifest, digest = read_pinned(directory)
     root = directory.resolve()
     for entry in manifest.files:
         path = directory / entry.path
@@ -285,7 +292,7 @@ def verify_artifact(directory: Path, *, expected_sha256: str | None = None) -> M
                 "the file was changed or corrupted after it was built: rebuild the artifact"
             )
     if expected_sha256 is not None:
-        check_digest(directory, manifest, artifact_digest(directory), expected_sha256)
+        check_digest(directory, manifest, digest, expected_sha256)
     if not manifest.gates:
         raise ArtifactRejected(f"{directory}: the manifest records no quality gate; rebuild it")
     if not manifest.accepted:

@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from serving.errors import ConfigError
+from serving.errors import ConfigError, ServingError
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -303,14 +303,18 @@ def parse_config(data: Any, origin: str = "config") -> ServingConfig:
         raise ConfigError(describe_validation_error(exc, origin)) from exc
 
 
-def load_config(path: Path) -> ServingConfig:
-    """Read and validate a serving YAML file."""
+def read_yaml(path: Path, what: str, error: type[ServingError] = ConfigError) -> Any:
+    """The data in a YAML file; ``error`` naming ``what`` it is when it cannot be read."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read serving config {path}: {exc.strerror}") from exc
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from exc
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    return parse_config(data, str(path))
+        raise error(f"{path} is not valid YAML: {exc}") from exc
+
+
+def load_config(path: Path) -> ServingConfig:
+    """Read and validate a serving YAML file."""
+    return parse_config(read_yaml(path, "serving config"), str(path))

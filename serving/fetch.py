@@ -43,9 +43,8 @@ from optimize.manifest import (
     MANIFEST_FILE,
     FileDigest,
     Manifest,
-    artifact_digest,
     check_digest,
-    read_manifest,
+    read_pinned,
     verify_artifact,
 )
 from serving.config import ArtifactRef, load_config
@@ -111,8 +110,8 @@ def artifact_manifest(ref: ArtifactRef) -> Manifest:
 
 def _pinned_manifest(directory: Path, sha256: str, shown: str) -> Manifest:
     """``directory``'s manifest, refused unless its digest is ``sha256``."""
-    manifest = read_manifest(directory)
-    check_digest(shown, manifest, artifact_digest(directory), sha256)
+    manifest, digest = read_pinned(directory)
+    check_digest(shown, manifest, digest, sha256)
     return manifest
 
 

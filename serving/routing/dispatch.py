@@ -8,10 +8,27 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from serving.routing.policy import Decision, SpilloverPolicy
-from serving.routing.pool_stats import PoolStats, PoolView
+from serving.routing.pool_stats import Clock, PoolStats, PoolView
 from serving.routing.storm import StormGuard
+
+
+class RoutingSettings(Protocol):
+    """What the policy and the storm guard read (``serving.config.RoutingConfig``, or a
+    simulated scenario's ``routing``)."""
+
+    @property
+    def slo_p99_seconds(self) -> float: ...
+    @property
+    def spill_hysteresis(self) -> float: ...
+    @property
+    def min_spill_seconds(self) -> float: ...
+    @property
+    def sample_seconds(self) -> float: ...
+    @property
+    def retry_storm_ratio(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -66,3 +83,20 @@ class Dispatcher:
             if replica is not None:
                 return Target(decision.pool, replica, decision)
             full.add(decision.pool)
+
+
+def build_dispatcher(
+    order: Sequence[str], stats: Mapping[str, PoolStats], routing: RoutingSettings, clock: Clock
+) -> Dispatcher:
+    """The policy and storm guard made from ``routing``, around ``stats``: the one wiring
+    the ingress and the simulator share."""
+    policy = SpilloverPolicy(
+        slo_s=routing.slo_p99_seconds,
+        hysteresis=routing.spill_hysteresis,
+        min_spill_s=routing.min_spill_seconds,
+        sample_s=routing.sample_seconds,
+        clock=clock,
+    )
+    return Dispatcher(
+        order, stats, policy, StormGuard(ratio=routing.retry_storm_ratio, clock=clock)
+    )

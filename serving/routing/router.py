@@ -48,10 +48,9 @@ from serving.errors import (
     UnknownModel,
 )
 from serving.metrics import IngressMetrics
-from serving.routing.dispatch import Dispatcher, Target
-from serving.routing.policy import Decision, Reason, SpilloverPolicy
+from serving.routing.dispatch import Target, build_dispatcher
+from serving.routing.policy import Decision, Reason
 from serving.routing.pool_stats import ANY_REPLICA, Clock, PoolStats, PoolView, ReplicaState
-from serving.routing.storm import StormGuard
 from serving.routing.variants import VariantSplitter
 
 logger = logging.getLogger(__name__)
@@ -167,15 +166,8 @@ class ModelRouter:
         self._calls: dict[str, dict[str, set[_Call]]] = {p: defaultdict(set) for p in self.order}
         self._empty_polls = dict.fromkeys(self.order, 0)
         self._updating = dict.fromkeys(self.order, False)
-        self.policy = SpilloverPolicy(
-            slo_s=routing.slo_p99_seconds,
-            hysteresis=routing.spill_hysteresis,
-            min_spill_s=routing.min_spill_seconds,
-            sample_s=routing.sample_seconds,
-            clock=clock,
-        )
-        self.storm = StormGuard(ratio=routing.retry_storm_ratio, clock=clock)
-        self.dispatcher = Dispatcher(self.order, self.stats, self.policy, self.storm)
+        self.dispatcher = build_dispatcher(self.order, self.stats, routing, clock)
+        self.policy, self.storm = self.dispatcher.policy, self.dispatcher.storm
         self.splitter = VariantSplitter({n: v.weight for n, v in config.variants.items()})
         self._tags = {"model": name}
 

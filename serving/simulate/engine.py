@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serving.batch_queue import BatchQueue, Entry
-from serving.routing.dispatch import Dispatcher
-from serving.routing.policy import Reason, SpilloverPolicy
+from serving.routing.dispatch import build_dispatcher
+from serving.routing.policy import Reason
 from serving.routing.pool_stats import ANY_REPLICA, PoolStats, ReplicaState
-from serving.routing.storm import StormGuard
 from serving.simulate.scenario import Failure, Pool, Scenario
 
 # Outcome codes as HTTP would give them; LOST is a request an ingress held when it died.
@@ -246,15 +245,8 @@ class SluicewayIngress(Ingress):
             )
             for name in pools
         }
-        self.policy = SpilloverPolicy(
-            slo_s=routing.slo_p99_seconds,
-            hysteresis=routing.spill_hysteresis,
-            min_spill_s=routing.min_spill_seconds,
-            sample_s=routing.sample_seconds,
-            clock=clock,
-        )
-        self.storm = StormGuard(ratio=routing.retry_storm_ratio, clock=clock)
-        self.dispatcher = Dispatcher(pools, self.stats, self.policy, self.storm)
+        self.dispatcher = build_dispatcher(pools, self.stats, routing, clock)
+        self.policy, self.storm = self.dispatcher.policy, self.dispatcher.storm
         self.calls: dict[tuple[str, str], set[Request]] = {}
         self.lost: dict[int, set[str]] = {}
         self.full: dict[int, set[str]] = {}

@@ -10,10 +10,9 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from serving.config import describe_validation_error
+from serving.config import describe_validation_error, read_yaml
 from serving.errors import ScenarioError
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")]
@@ -223,12 +222,4 @@ def parse_scenario(data: Any, origin: str = "scenario") -> Scenario:
 
 def load_scenario(path: Path) -> Scenario:
     """Read and validate a scenario YAML file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ScenarioError(f"cannot read scenario {path}: {exc.strerror}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{path} is not valid YAML: {exc}") from exc
-    return parse_scenario(data, str(path))
+    return parse_scenario(read_yaml(path, "scenario", ScenarioError), str(path))
