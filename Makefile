@@ -13,7 +13,7 @@ ARTIFACTS ?= artifacts/$(MODEL)
 VARIANTS ?= fp32,fp16,int8,student-int8
 BENCH_OUT ?= bench-results/$(MODEL)
 
-.PHONY: help install install-system test test-fast lint fuzz bench bench-serve simulate serve clean
+.PHONY: help install install-system test test-fast lint fuzz artifacts bench bench-serve simulate serve clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -61,10 +61,10 @@ lint: install  ## ruff and mypy --strict on the packages
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-$(ARTIFACTS)/int8/manifest.json: | install
-	$(BIN)/sluiceway optimize --model $(MODEL) --output $(ARTIFACTS) --variants $(VARIANTS)
+artifacts: install  ## build every variant of the default model that $(ARTIFACTS) lacks
+	$(BIN)/sluiceway optimize --model $(MODEL) --output $(ARTIFACTS) --variants $(VARIANTS) --add
 
-bench: $(ARTIFACTS)/int8/manifest.json  ## build the default artifacts if missing, bench them beside PyTorch eager
+bench: artifacts  ## build the default artifacts if missing, bench them beside PyTorch eager
 	$(BIN)/sluiceway bench --artifacts $(ARTIFACTS) --threads 2 --seconds 3 --eval-clips 500 --output $(BENCH_OUT)
 
 # The tiny preset, for the bench's routing capacity and its small-model goodput sweep.
@@ -72,7 +72,7 @@ TINY ?= artifacts/wav2vec2-tiny
 $(TINY)/int8/manifest.json: | install
 	$(BIN)/sluiceway optimize --model wav2vec2-tiny --output $(TINY) --variants fp32,int8 --seconds 1 --quiet
 
-bench-serve: $(ARTIFACTS)/int8/manifest.json $(TINY)/int8/manifest.json  ## overhead vs a no-op app and relay, routing capacity, overload, goodput sweep vs LitServe
+bench-serve: artifacts $(TINY)/int8/manifest.json  ## overhead vs a no-op app and relay, routing capacity, overload, goodput sweep vs LitServe
 	mkdir -p bench-results
 	set -o pipefail; $(BIN)/python -m serving.bench --artifacts $(ARTIFACTS) --tiny $(TINY) --output bench-results | grep -v '(raylet)' | tee bench-results/serve.md
 
@@ -84,8 +84,10 @@ simulate: install  ## simulate the shipped cluster scenarios (report, JSON, plot
 	done
 
 PORT ?= 8000
-serve: $(ARTIFACTS)/int8/manifest.json  ## build the default artifacts if missing, serve them on localhost:$(PORT)
-	$(BIN)/sluiceway serve --artifacts $(ARTIFACTS) --port $(PORT)
+# Builds first only what this machine's pools need (int8; fp16 where CUDA is usable), serves
+# it, then distills the student in the background and rolls it onto the CPU pool.
+serve: install  ## serve the default model on localhost:$(PORT), building what it needs first
+	$(BIN)/sluiceway serve --artifacts $(ARTIFACTS) --build-from $(MODEL) --port $(PORT)
 
 clean:  ## remove built artifacts and bench results (keeps .venv)
 	rm -rf artifacts bench-results simulation

@@ -84,15 +84,24 @@ def optimize(
         0.25, help="student-int8: share of conv front-end channels kept."
     ),
     overwrite: bool = typer.Option(False, help="Replace --output if it exists."),
+    add: bool = typer.Option(
+        False, help="Keep the variants --output holds; build only the missing ones."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    progress_lines: bool = typer.Option(
+        False, help="Progress as a plain line per stage and every 30 s (logs, background)."
+    ),
 ) -> None:
     """Build verified, measured ONNX artifacts (fp32, fp16, int8) from a checkpoint."""
+    from transformers.utils import logging as transformers_logging
+
     from optimize.distill import StudentRecipe
     from optimize.errors import GatesFailed
     from optimize.gates import parse_gate_overrides
     from optimize.pipeline import OptimizeConfig, build_artifacts
     from optimize.quantize import RECIPES_BY_NAME
 
+    transformers_logging.disable_progress_bar()  # ours show the stages; its own add noise
     student = None
     if STUDENT in _split(variants):
         student = StudentRecipe(
@@ -119,18 +128,21 @@ def optimize(
         gate_overrides=parse_gate_overrides(gate),
         seed=seed,
         overwrite=overwrite,
+        add=add,
         student=student,
     )
     try:
-        with ProgressBar(quiet=quiet) as bar:
+        with ProgressBar(quiet=quiet, lines=progress_lines) as bar:
             built = build_artifacts(config, progress=bar)
     except GatesFailed:
         _print_summary(output)
         raise
     _print_summary(output)
-    stderr.print(
-        f"[green]Artifacts written to {output}[/green] ({len(built)} variant(s), all gates passed)"
-    )
+    if not built:
+        stderr.print(f"{output} holds every requested variant: nothing to build")
+        return
+    names = ", ".join(b.manifest.variant for b in built)
+    stderr.print(f"[green]Artifacts written to {output}[/green] ({names}: all gates passed)")
 
 
 def _print_summary(output: Path) -> None:

@@ -249,9 +249,16 @@ def distill(
         step += 1
         loss_value = float(loss.detach())
         rate = (step - start_step) * recipe.batch_size / max(now() - begun, 1e-9)
-        progress(f"student: KD loss {loss_value:.4f}, {rate:.1f} clips/s", step, recipe.steps)
+        progress("student: distilling", step, recipe.steps)
         if step % recipe.checkpoint_every == 0:
             _save(checkpoint_dir, student, optimizer, step, recipe)
+            logger.info(
+                "student step %d/%d: KD loss %.4f, %.1f clips/s",
+                step,
+                recipe.steps,
+                loss_value,
+                rate,
+            )
     _save(checkpoint_dir, student, optimizer, step, recipe)
     student.eval()
     report = DistillReport(

@@ -38,6 +38,7 @@ from optimize.manifest import (
     Recipe,
     SourceInfo,
     digest_files,
+    read_manifest,
     utc_now,
     write_manifest,
 )
@@ -92,6 +93,9 @@ class OptimizeConfig(BaseModel):
     gate_overrides: dict[Precision | None, dict[str, float]] = Field(default_factory=dict)
     seed: int = 0
     overwrite: bool = False
+    add: bool = Field(
+        False, description="keep the variants already in output; build only the missing ones"
+    )
     student: StudentRecipe | None = Field(None, description="also build student-int8")
 
 
@@ -120,10 +124,44 @@ def _check_config(config: OptimizeConfig) -> None:
     unknown = [r for r in config.int8_recipes if r not in RECIPES_BY_NAME]
     if unknown:
         raise InputError(f"unknown int8 recipe(s) {unknown}; known: {', '.join(RECIPES_BY_NAME)}")
-    if config.output.exists() and not config.overwrite:
+    if config.add and config.overwrite:
+        raise InputError("--add keeps what --output holds and --overwrite replaces it: pick one")
+    if config.output.exists() and not (config.overwrite or config.add):
         raise InputError(
-            f"{config.output} already exists; choose another --output or pass --overwrite"
+            f"{config.output} already exists; choose another --output, pass --add to build "
+            "only the variants it lacks, or --overwrite to replace it"
         )
+
+
+def built_variants(output: Path) -> dict[str, Manifest]:
+    """The artifacts ``output`` holds (variant directory name -> manifest)."""
+    if not output.is_dir():
+        return {}
+    return {
+        p.name: read_manifest(p)
+        for p in sorted(output.iterdir())
+        if p.is_dir() and (p / "manifest.json").is_file()
+    }
+
+
+def _missing_only(config: OptimizeConfig) -> OptimizeConfig:
+    """``config`` narrowed to the variants ``output`` lacks (``--add``)."""
+    present = built_variants(config.output)
+    student = config.student if STUDENT_VARIANT not in present else None
+    variants = tuple(p for p in config.variants if p.value not in present)
+    return config.model_copy(update={"variants": variants, "student": student})
+
+
+def _check_same_source(output: Path, source: SourceModel) -> None:
+    """``--add`` must build from the checkpoint the artifacts there came from."""
+    for name, manifest in built_variants(output).items():
+        if manifest.source.sha256 != source.sha256:
+            raise InputError(
+                f"{output / name} was built from a different checkpoint (sha256 "
+                f"{manifest.source.sha256[:12]}..., this one {source.sha256[:12]}...): "
+                "variants of one output must share their source; choose another --output "
+                "or rebuild all with --overwrite"
+            )
 
 
 def _dataset(
@@ -475,6 +513,12 @@ def build_artifacts(
     holds artifacts (``--overwrite``), which stay as they were.
     """
     _check_config(config)
+    adding = config.add and config.output.exists()
+    if adding:
+        config = _missing_only(config)
+        if not config.variants and config.student is None:
+            logger.info("%s holds every requested variant: nothing to build", config.output)
+            return []
     config.output.parent.mkdir(parents=True, exist_ok=True)
     work = config.output.with_name(f".{config.output.name}.tmp-{os.getpid()}")
     if work.exists():
@@ -504,6 +548,8 @@ def build_artifacts(
             source.labels,
             rate,
         )
+        if adding:
+            _check_same_source(config.output, source)
         ctx = _Context(
             config=config,
             work=work,
@@ -533,12 +579,18 @@ def build_artifacts(
             for g in v.manifest.failed_gates
         ]
         # A rebuild that fails its gates must not replace artifacts that passed theirs: the
-        # rejected ones go beside them, for a look.
-        keep_previous = bool(failures) and config.output.exists()
-        destination = rejected_path(config.output) if keep_previous else config.output
-        if keep_previous and destination.exists():
-            shutil.rmtree(destination)
-        _move_into_place(work, destination)
+        # rejected ones go beside them, for a look. What --add builds replaces nothing: it
+        # joins the others, marked rejected if it failed.
+        keep_previous = bool(failures) and config.output.exists() and not adding
+        if adding:
+            for variant in built:
+                variant.directory.rename(config.output / variant.directory.name)
+            shutil.rmtree(work)
+        else:
+            destination = rejected_path(config.output) if keep_previous else config.output
+            if keep_previous and destination.exists():
+                shutil.rmtree(destination)
+            _move_into_place(work, destination)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

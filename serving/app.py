@@ -1,9 +1,9 @@
 """The HTTP front door (one port): v2 inference protocol, audio classify, model listing.
 
-Every response names the ingress replica, variant and pool that served it
-(``x-sluiceway-ingress``, ``x-sluiceway-variant``, ``x-sluiceway-pool``, and
-``x-sluiceway-route``: primary, latency, saturated, failover, sample) and where its time
-went (``Server-Timing``).
+Every response names the ingress replica, variant, pool and artifact that served it
+(``x-sluiceway-ingress``, ``x-sluiceway-variant``, ``x-sluiceway-pool``,
+``x-sluiceway-artifact``, and ``x-sluiceway-route``: primary, latency, saturated, failover,
+sample) and where its time went (``Server-Timing``).
 Errors go through one handler table: ``ServingError`` subclasses carry their status.
 
 No ``from __future__ import annotations`` here: FastAPI must resolve the route signatures
@@ -198,6 +198,7 @@ def _route_headers(routed: Routed, start: float, ingress: str) -> dict[str, str]
         "x-sluiceway-ingress": ingress,
         "x-sluiceway-variant": routed.variant,
         "x-sluiceway-pool": routed.pool,
+        "x-sluiceway-artifact": routed.artifact,
         "x-sluiceway-route": routed.reason.value,
         "server-timing": ", ".join(f"{k};dur={v * 1e3:.1f}" for k, v in timing.items()),
     }

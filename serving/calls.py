@@ -7,7 +7,7 @@ pool has from all of them (``serving.routing.pool_stats``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -63,3 +63,5 @@ class Reply:
     replica: str  # the replica that answered (Serve's replica id)
     held: int  # rows it held (running and waiting, from every caller) when it answered
     replica_s: float  # from the call's arrival to its answer, seconds
+    # the artifact each variant of the call runs here (manifest variant: int8, student-int8)
+    artifacts: dict[str, str] = field(default_factory=dict)

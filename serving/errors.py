@@ -6,6 +6,7 @@ The tree::
     ├── ConfigError             the serving config is invalid (field path, value, limit)
     ├── ScenarioError           a simulation scenario is invalid (field path, value)
     ├── ArtifactFetchError      an http(s) artifact could not be downloaded, or did not match
+    ├── BuildFailed             `serve --build-from` could not build what the pools need
     ├── BadRequest (400)        malformed JSON, wrong shape or dtype, undecodable audio
     ├── Unauthorized (401)      missing or wrong bearer token
     ├── UnknownModel (404)      no such model or variant
@@ -42,6 +43,10 @@ class ScenarioError(ServingError):
 
 class ArtifactFetchError(ServingError):
     """An artifact could not be fetched into the local cache, or was not the one expected."""
+
+
+class BuildFailed(ServingError):
+    """Building the artifacts a local first run needs failed."""
 
 
 class BadRequest(ServingError):

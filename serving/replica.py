@@ -434,6 +434,11 @@ class ModelReplica:
             replica=self._id,
             held=self._runner.queue.held,
             replica_s=time.perf_counter() - start,
+            artifacts={
+                job.variant: self._variants[job.variant].manifest.variant
+                for job in jobs
+                if job.variant in self._variants
+            },
         )
 
 

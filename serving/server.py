@@ -200,8 +200,18 @@ def start(
         http_options={"host": config.http.host, "port": config.http.port},
         logging_config=QUIET_LOGS,
     )
-    serve.run(build_app(config), name=APP_NAME, route_prefix="/", logging_config=QUIET_LOGS)
+    deploy(config)
     logger.info("serving on http://%s:%d", config.http.host, config.http.port)
+
+
+def deploy(config: ServingConfig) -> None:
+    """Deploy ``config`` (again) on the Serve instance running; returns once it serves.
+
+    Serve replaces only what changed (a pool's artifact: that pool's replicas); requests
+    that find a pool between its old and new replicas wait for the new (within their
+    deadline) instead of failing.
+    """
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/", logging_config=QUIET_LOGS)
 
 
 def stop(*, joined: bool = False) -> None:

@@ -127,6 +127,7 @@ class Routed:
     reason: Reason
     dispatch_s: float = 0.0  # from sending to the replica until its answer was back
     replica_s: float = 0.0  # spent inside the replica (queue wait and model call)
+    artifact: str = ""  # the artifact that ran it there (int8, student-int8, ...)
 
 
 class ModelRouter:
@@ -414,6 +415,7 @@ class ModelRouter:
                 reason=decision.reason,
                 dispatch_s=latency,
                 replica_s=reply.replica_s,
+                artifact=reply.artifacts.get(variant, ""),
             )
         raise self._shed()
 

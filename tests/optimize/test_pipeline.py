@@ -129,3 +129,46 @@ def test_exported_graph_has_dynamic_batch_and_time(tiny_artifacts: Path) -> None
     for shape in [(1, 8000), (3, 20_000)]:
         out = session.run(None, {"input_values": np.zeros(shape, dtype=np.float32)})[0]
         assert out.shape == (shape[0], 2)
+
+
+def _quick(output: Path, variants: tuple[Precision, ...], **more: object) -> OptimizeConfig:
+    return OptimizeConfig(
+        model="wav2vec2-tiny",
+        output=output,
+        variants=variants,
+        seconds=1.0,
+        eval_clips=24,
+        calibration_clips=4,
+        latency_runs=5,
+        candidate_runs=3,
+        int8_recipes=("dynamic-matmul-s8",),
+        **more,  # type: ignore[arg-type]
+    )
+
+
+def test_add_builds_only_the_missing_variants_and_keeps_the_others(tmp_path: Path) -> None:
+    """What `make serve` does first (int8 alone), then `make artifacts` (the rest)."""
+    output = tmp_path / "tiny"
+    first = build_artifacts(_quick(output, (Precision.INT8,), add=True))
+    assert [b.manifest.variant for b in first] == ["int8"]
+    assert sorted(p.name for p in output.iterdir()) == ["int8", "source"]
+    int8 = (output / "int8" / "manifest.json").read_bytes()
+
+    added = build_artifacts(_quick(output, (Precision.FP32, Precision.INT8), add=True))
+    assert [b.manifest.variant for b in added] == ["fp32"]
+    assert sorted(p.name for p in output.iterdir()) == ["fp32", "int8", "source"]
+    assert (output / "int8" / "manifest.json").read_bytes() == int8  # untouched
+    verify_artifact(output / "fp32")
+    assert not list(tmp_path.glob(".tiny.tmp-*"))  # no work directory left behind
+
+    assert build_artifacts(_quick(output, (Precision.INT8,), add=True)) == []
+
+
+def test_add_refuses_variants_from_another_checkpoint(tmp_path: Path) -> None:
+    output = tmp_path / "tiny"
+    build_artifacts(_quick(output, (Precision.INT8,)))
+    with pytest.raises(InputError, match="different checkpoint"):
+        build_artifacts(_quick(output, (Precision.FP32,), add=True, seed=1))
+    assert sorted(p.name for p in output.iterdir()) == ["int8", "source"]
+    with pytest.raises(InputError, match="pick one"):
+        build_artifacts(_quick(output, (Precision.FP32,), add=True, overwrite=True))

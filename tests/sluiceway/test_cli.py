@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -19,6 +16,7 @@ import pytest
 from optimize.manifest import read_manifest
 from tests.conftest import TOKEN, free_port
 from tests.serving.conftest import serving_config
+from tests.sluiceway.serve_process import serving
 
 
 def sluiceway(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -176,47 +174,21 @@ def test_serve_answers_until_ctrl_c_then_leaves_nothing_running(
     config = tmp_path / "serving.yaml"
     config.write_text(json.dumps(serving_config(tiny_artifacts, token, ports=ports)))
     base = f"http://127.0.0.1:{ports['http']}"
-    out = tmp_path / "out"
-    with out.open("w") as stdout, (tmp_path / "err").open("w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sluiceway", "serve", "-c", str(config), "--num-cpus", "2"],
-            stdout=stdout,
-            stderr=stderr,
-            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
-        )
-    started: list[psutil.Process] = []
-    try:
-        end = time.monotonic() + 300
-        while time.monotonic() < end and proc.poll() is None:
-            if f"Sluiceway is serving on {base}" in out.read_text():
-                break
-            time.sleep(1)
-        assert proc.poll() is None, (tmp_path / "err").read_text()[-3000:]
-        assert f"POST {base}/v2/models/tiny/infer" in out.read_text()
+    with serving(["-c", str(config), "--num-cpus", "2"], tmp_path) as server:
+        server.wait_for(f"Sluiceway is serving on {base}", deadline_s=300)
+        assert f"POST {base}/v2/models/tiny/infer" in server.stdout()
         assert httpx.get(f"{base}/v2/health/ready", timeout=10).status_code == 200
         listing = httpx.get(
             f"{base}/v1/models", headers={"authorization": f"Bearer {TOKEN}"}, timeout=10
         )
         assert listing.json()["models"][0]["name"] == "tiny"
-        started = psutil.Process(proc.pid).children(recursive=True)
+        started = server.children()
         # The HTTP front is HAProxy (RAY_ENV), a child of this cluster's processes.
         assert any(p.name() == "haproxy" for p in started)
 
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) == 0, (tmp_path / "err").read_text()[-3000:]
-        assert "shutting down" in (tmp_path / "err").read_text()
+        assert server.interrupt() == 0, server.stderr()[-3000:]
+        assert "shutting down" in server.stderr()
         _, alive = psutil.wait_procs(started, timeout=30)
         assert alive == [], f"left running after Ctrl-C: {[p.name() for p in alive]}"
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", ports["http"])) != 0, "the HTTP port still answers"
-    finally:  # stop only what this test started, whatever failed
-        if proc.poll() is None:
-            started = psutil.Process(proc.pid).children(recursive=True)
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for p in started:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
