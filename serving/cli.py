@@ -119,7 +119,8 @@ def _build_first(model: str, artifacts: Path, *, gpu: bool, extra: str) -> Stude
             f"building {', '.join(missing)} of {model} into {artifacts}: what the pools of "
             "this machine need first (`make artifacts` builds every variant)"
         )
-        build_now(optimize_command(model, artifacts, missing, extra), missing)
+        lines = "" if sys.stderr.isatty() else " --progress-lines"  # a log gets lines, not bars
+        build_now(optimize_command(model, artifacts, missing, extra + lines), missing)
     if not student_pending(artifacts):
         return None
     command = optimize_command(model, artifacts, [STUDENT], f"{extra} --progress-lines")

