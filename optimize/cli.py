@@ -160,17 +160,21 @@ def _print_summary(output: Path) -> None:
         "gates",
     ):
         table.add_column(column)
+    from optimize.manifest import Fidelity
+
     for directory in sorted(p for p in output.iterdir() if (p / "manifest.json").is_file()):
         m = read_manifest(directory)
         failed = ", ".join(g.name for g in m.failed_gates)
+        classes = isinstance(m.fidelity, Fidelity)
+        cosine = m.fidelity.logit_cosine if classes else m.fidelity.min_cosine  # type: ignore[union-attr]
         table.add_row(
             m.variant,
             m.pool,
             f"{m.measurements.size_bytes / 1e6:.1f}",
             f"{m.measurements.latency.p50_s * 1e3:.1f}",
             f"{m.measurements.latency.p99_s * 1e3:.1f}",
-            f"{m.fidelity.top1_agreement:.4f}",
-            f"{m.fidelity.logit_cosine:.5f}",
+            f"{m.fidelity.top1_agreement:.4f}" if isinstance(m.fidelity, Fidelity) else "-",
+            f"{cosine:.5f}",
             "[green]passed[/green]" if m.accepted else f"[red]FAILED: {failed}[/red]",
         )
     stdout.print(table)
@@ -230,7 +234,67 @@ def bench(
     stderr.print(f"wrote {', '.join(str(p) for p in paths)}")
 
 
+def import_onnx(
+    model: Path = typer.Argument(..., help="The .onnx file to import."),
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="Artifact directory to create, e.g. artifacts/<name>."
+    ),
+    example_inputs: list[Path] = typer.Option(
+        [],
+        "--example-inputs",
+        help=".npz with one array per model input (repeatable: one input set each).",
+    ),
+    dim: list[str] = typer.Option(
+        [], "--dim", help="Size of a free dimension to measure at: NAME=N (repeatable)."
+    ),
+    variants: str = typer.Option(
+        "", help="Converted copies to build beside it, gated on closeness: fp16, int8."
+    ),
+    samples: int = typer.Option(8, help="Seeded input sets when no --example-inputs."),
+    threads: int = typer.Option(2, help="ONNX Runtime threads for measurements."),
+    latency_runs: int = typer.Option(50, help="Runs for the latency percentiles."),
+    gate: list[str] = typer.Option(
+        [], "--gate", help="A gate: NAME=VALUE or PRECISION.NAME=VALUE (min_cosine, ...)."
+    ),
+    overwrite: bool = typer.Option(False, help="Replace --output if it exists."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Import any ONNX model as a measured, gated artifact (and fp16/int8 copies)."""
+    from optimize.gates import parse_gate_overrides
+    from optimize.onnx_import import GATE_NAMES as IMPORT_GATES
+    from optimize.onnx_import import ImportConfig, import_model
+
+    dims: dict[str, int] = {}
+    for item in dim:
+        name, _, size = item.partition("=")
+        if not name or not size.isdigit() or int(size) < 1:
+            raise typer.BadParameter(f"--dim {item!r}: use NAME=N with N >= 1")
+        dims[name] = int(size)
+    config = ImportConfig(
+        model=model,
+        output=output,
+        variants=_precisions(variants),
+        example_inputs=tuple(example_inputs),
+        dims=dims,
+        samples=samples,
+        threads=threads,
+        latency_runs=latency_runs,
+        gate_overrides=parse_gate_overrides(gate, known=IMPORT_GATES),
+        overwrite=overwrite,
+    )
+    with ProgressBar(quiet=quiet) as bar:
+        built = import_model(config, progress=bar)
+    _print_summary(output)
+    first = built[0].input
+    shapes = getattr(first, "example_shapes", {})
+    stderr.print(
+        f"[green]Imported {model} into {output}[/green] ({', '.join(m.variant for m in built)}; "
+        f"measured at {shapes})"
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add this package's commands to the root app."""
     app.command("optimize")(optimize)
+    app.command("import")(import_onnx)
     app.command("bench")(bench)

@@ -6,7 +6,7 @@ relax them with ``--gate NAME=VALUE`` (every variant) or ``--gate int8.NAME=VALU
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -88,11 +88,15 @@ def judge(fidelity: Fidelity, thresholds: GateThresholds) -> list[GateResult]:
     ]
 
 
-def parse_gate_overrides(specs: Iterable[str]) -> dict[Precision | None, dict[str, float]]:
+def parse_gate_overrides(
+    specs: Iterable[str], known: Sequence[str] | None = None
+) -> dict[Precision | None, dict[str, float]]:
     """Parse ``NAME=VALUE`` / ``PRECISION.NAME=VALUE`` into overrides keyed by precision.
 
-    The ``None`` key holds overrides for every precision.
+    The ``None`` key holds overrides for every precision. ``known``: the gate names allowed
+    (default: a classifier's).
     """
+    known = GATE_NAMES if known is None else known
     parsed: dict[Precision | None, dict[str, float]] = {}
     for spec in specs:
         key, sep, raw = spec.partition("=")
@@ -110,9 +114,9 @@ def parse_gate_overrides(specs: Iterable[str]) -> dict[Precision | None, dict[st
                     f"--gate {spec!r}: {scope!r} is not a precision; use one of "
                     f"{', '.join(p.value for p in Precision)}"
                 ) from None
-        if name not in GATE_NAMES:
+        if name not in known:
             raise GateSpecError(
-                f"--gate {spec!r}: unknown gate {name!r}; known gates: {', '.join(GATE_NAMES)}"
+                f"--gate {spec!r}: unknown gate {name!r}; known gates: {', '.join(known)}"
             )
         try:
             value = float(raw)

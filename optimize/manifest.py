@@ -12,9 +12,9 @@ import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from optimize.errors import (
     ArtifactHashMismatch,
@@ -26,6 +26,7 @@ from optimize.errors import (
 SCHEMA_VERSION = 1
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
+EXAMPLES_FILE = "examples.npz"  # an imported model's example inputs (measured, warm-up)
 _CHUNK = 1 << 20
 
 
@@ -45,13 +46,51 @@ class _Frozen(BaseModel):
 
 
 class InputSpec(_Frozen):
-    """What the model takes and what its outputs mean."""
+    """An audio classifier: what the model takes and what its outputs mean."""
 
+    kind: Literal["audio"] = "audio"
     input_name: str = Field(description="graph input: float32 [batch, samples] mono audio")
     output_name: str = Field(description="graph output: float32 [batch, len(labels)] logits")
     sample_rate: int = Field(gt=0, description="Hz; audio at another rate is resampled")
     max_seconds: float = Field(gt=0, description="longest clip a request may carry")
     labels: list[str] = Field(min_length=2)
+
+
+class TensorSpec(_Frozen):
+    """One graph input or output: its name, element type, and shape (a dimension is a
+    number, or a name when the graph leaves it free)."""
+
+    name: str
+    datatype: str = Field(description="v2 datatype: FP32, FP16, INT64, BOOL, ...")
+    shape: list[int | str]
+
+
+class TensorsSpec(_Frozen):
+    """Any model, by its graph's signature alone (``sluiceway import``)."""
+
+    kind: Literal["tensors"] = "tensors"
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    example_shapes: dict[str, list[int]] = Field(
+        description="the shape of each input it was measured at (and a replica warms up with)"
+    )
+
+
+def _kind(default: str) -> Any:
+    """Manifests written before a field had kinds have none: they are ``default``."""
+
+    def kind(value: Any) -> str:
+        if isinstance(value, dict):
+            return str(value.get("kind", default))
+        return str(getattr(value, "kind", default))
+
+    return Discriminator(kind)
+
+
+ModelInput = Annotated[
+    Annotated[InputSpec, Tag("audio")] | Annotated[TensorsSpec, Tag("tensors")],
+    _kind("audio"),
+]
 
 
 class SourceInfo(_Frozen):
@@ -85,7 +124,7 @@ class LatencyStats(_Frozen):
     mean_s: float = Field(ge=0)
     runs: int = Field(gt=0)
     batch: int = Field(gt=0)
-    clip_seconds: float = Field(gt=0)
+    clip_seconds: float | None = Field(None, gt=0, description="audio: the clip length")
     threads: int = Field(gt=0)
     spread: float | None = Field(
         None,
@@ -96,10 +135,10 @@ class LatencyStats(_Frozen):
 
 
 class Throughput(_Frozen):
-    """Clips per second at a larger batch."""
+    """Inputs (clips, for audio) per second at a larger batch."""
 
     batch: int = Field(gt=0)
-    clips_per_s: float = Field(ge=0)
+    clips_per_s: float = Field(ge=0, description="batch rows answered per second")
 
 
 class Measurements(_Frozen):
@@ -115,8 +154,9 @@ class Measurements(_Frozen):
 
 
 class Fidelity(_Frozen):
-    """Agreement with the source model on the eval set."""
+    """A classifier's agreement with the source model on the eval set."""
 
+    kind: Literal["classes"] = "classes"
     clips: int = Field(gt=0)
     top1_agreement: float = Field(ge=0, le=1)
     logit_cosine: float = Field(description="mean cosine similarity of logits, source vs artifact")
@@ -129,6 +169,25 @@ class Fidelity(_Frozen):
     nonfinite_logits: int = Field(
         0, ge=0, description="the artifact's logits that were NaN or infinite on the eval set"
     )
+
+
+class TensorFidelity(_Frozen):
+    """How close every output is to the source model's on the same inputs (``import``)."""
+
+    kind: Literal["tensors"] = "tensors"
+    samples: int = Field(gt=0, description="input sets compared")
+    max_abs_error: float = Field(ge=0, description="largest |difference| over every output")
+    max_rel_error: float = Field(
+        ge=0, description="largest |difference| / (|source| + 1e-6), over every float output"
+    )
+    min_cosine: float = Field(description="lowest cosine of an output to the source's")
+    nonfinite_outputs: int = Field(0, ge=0, description="NaN or infinite output values")
+
+
+ModelFidelity = Annotated[
+    Annotated[Fidelity, Tag("classes")] | Annotated[TensorFidelity, Tag("tensors")],
+    _kind("classes"),
+]
 
 
 class TaskMetrics(_Frozen):
@@ -189,11 +248,11 @@ class Manifest(_Frozen):
     pool: PoolKind = Field(description="the pool this artifact is meant for")
     created: datetime
     source: SourceInfo
-    input: InputSpec
+    input: ModelInput
     files: list[FileDigest]
     recipe: Recipe
     measurements: Measurements
-    fidelity: Fidelity
+    fidelity: ModelFidelity
     task: TaskMetrics | None = None
     gates: list[GateResult]
 

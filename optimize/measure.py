@@ -38,7 +38,7 @@ def spread(samples: list[float]) -> float | None:
 
 
 def latency_stats(
-    samples: list[float], *, batch: int, clip_seconds: float, threads: int
+    samples: list[float], *, batch: int, clip_seconds: float | None, threads: int
 ) -> LatencyStats:
     """Percentiles of ``samples`` (seconds), and how far apart their slices were."""
     values = np.asarray(samples)
@@ -108,19 +108,20 @@ def peak_rss(
 
     ``kind`` is ``onnx`` (a model file) or ``torch`` (a checkpoint directory).
     """
-    command = [
-        sys.executable,
-        "-m",
-        "optimize.rss_probe",
-        kind,
-        str(path),
-        "--threads",
-        str(threads),
-        "--seconds",
-        str(seconds),
-    ]
+    command = [kind, str(path), "--threads", str(threads), "--seconds", str(seconds)]
     if low_memory:
         command.append("--low-memory")
+    return _probe(command, path)
+
+
+def peak_rss_of_inputs(path: Path, inputs: Path, *, threads: int) -> int:
+    """Peak RSS (bytes) of a fresh process that loads the ONNX model ``path`` and runs it
+    three times on the arrays of ``inputs`` (an .npz)."""
+    return _probe(["onnx", str(path), "--threads", str(threads), "--inputs", str(inputs)], path)
+
+
+def _probe(arguments: list[str], path: Path) -> int:
+    command = [sys.executable, "-m", "optimize.rss_probe", *arguments]
     done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=900)
     if done.returncode != 0:
         raise OptimizeError(

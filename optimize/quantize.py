@@ -149,7 +149,7 @@ def preprocess(source: Path, target: Path) -> None:
     quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
 
 
-def _apply_dynamic(stage: DynamicStage, source: Path, target: Path) -> None:
+def apply_dynamic(stage: DynamicStage, source: Path, target: Path) -> None:
     quantize_dynamic(
         str(source),
         str(target),
@@ -205,7 +205,7 @@ def quantize_int8(
     for index, stage in enumerate(stages):
         out = target if index == len(stages) - 1 else work_dir / f"{recipe.name}.stage{index}.onnx"
         if isinstance(stage, DynamicStage):
-            _apply_dynamic(stage, current, out)
+            apply_dynamic(stage, current, out)
         else:
             _apply_static(stage, current, out, input_name, calibration)
         current = out

@@ -1,6 +1,7 @@
 """A process that loads one model, runs it three times and prints its peak RSS as JSON.
 
-Run as ``python -m optimize.rss_probe {onnx|torch} PATH --threads N --seconds S``; used by
+Run as ``python -m optimize.rss_probe {onnx|torch} PATH --threads N --seconds S`` (audio)
+or ``... onnx PATH --inputs FILE.npz`` (any model, on those arrays); used by
 ``optimize.measure.peak_rss`` so that each number is one process's own, nothing shared.
 """
 
@@ -23,6 +24,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--low-memory", action="store_true")
+    parser.add_argument("--inputs", help="an .npz of the model's inputs (instead of audio)")
     args = parser.parse_args()
     clip = np.random.default_rng(0).standard_normal((1, round(args.seconds * SAMPLE_RATE)))
     clip = (0.1 * clip).astype(np.float32)
@@ -30,9 +32,13 @@ def main() -> None:
         from optimize.runtime import open_session
 
         session = open_session(Path(args.path), threads=args.threads, low_memory=args.low_memory)
-        name = session.get_inputs()[0].name
+        if args.inputs:
+            with np.load(args.inputs, allow_pickle=False) as data:
+                feeds = {key: data[key] for key in data.files}
+        else:
+            feeds = {session.get_inputs()[0].name: clip}
         for _ in range(3):
-            session.run(None, {name: clip})
+            session.run(None, feeds)
     else:
         import torch
         from transformers import AutoModelForAudioClassification

@@ -31,7 +31,8 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import DeploymentStatus
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from optimize.manifest import Manifest
+from optimize.manifest import InputSpec, Manifest, TensorsSpec
+from optimize.manifest import TensorSpec as ManifestTensor
 from serving.audio_decode import decode_audio
 from serving.auth import read_token
 from serving.config import ServingConfig, replica_deployment_name
@@ -74,8 +75,8 @@ logger = logging.getLogger(__name__)
 APP_NAME = "sluiceway"
 
 STATUS_POLL_SECONDS = 1.0
-# Bodies up to this size are decoded on the event loop: a 10 s WAV at 16 kHz takes well
-# under a millisecond, less than a round trip through a worker thread.
+# Bodies up to this size are decoded on the event loop: decoding them costs less than a
+# round trip through a worker thread.
 INLINE_DECODE_BYTES = 512 * 1024
 # How often the ingress looks for stalled replicas, at most (a quarter of the stall bound
 # when that is shorter): a hung replica's requests go elsewhere soon after the bound.
@@ -147,9 +148,9 @@ def direct(handle: DeploymentHandle) -> DeploymentHandle:
     """A handle that calls the replicas over gRPC, not as Ray actor tasks.
 
     Serve's ``_by_reference=False`` sends a request straight to the replica's gRPC server
-    and its answer straight back. Measured on 2 cores, one hop with a 3 s clip (192 KB):
-    p50 7.1 ms as an actor task, 4.3 ms over gRPC. A replica that dies answers UNAVAILABLE,
-    which Serve raises as ``ActorUnavailableError``: the router fails over as before.
+    and its answer straight back: a shorter hop than an actor task. A replica that dies
+    answers UNAVAILABLE, which Serve raises as ``ActorUnavailableError``: the router fails
+    over as before.
     """
     return handle.options(_by_reference=False)
 
@@ -165,9 +166,8 @@ def deployment_states(app: str) -> dict[str, DeploymentState]:
 
     Read from the controller's instance details as a plain dict (the schema of Serve's REST
     API, ``GET /api/serve/applications/``) rather than through ``serve.status()``, which
-    builds pydantic models from the same dict: measured on 2 cores, 62 ms of CPU per call
-    against 1.6 ms. The ingress polls once a second, and those 62 ms held the GIL its event
-    loop needs (a shed request spent up to 23 ms in the ingress at p99 under load).
+    builds pydantic models from the same dict at many times the CPU: the ingress polls once
+    a second, and that CPU holds the GIL its event loop needs to answer requests.
     ``_get_global_client`` is how ``serve.status()`` itself reaches the controller.
     """
     details = _get_global_client().get_serve_details()
@@ -183,6 +183,12 @@ def deployment_states(app: str) -> dict[str, DeploymentState]:
 def _ingress_timing(start: float) -> str:
     """``Server-Timing`` of a request the ingress answered without a result (shed, 504)."""
     return f"ingress;dur={(time.perf_counter() - start) * 1e3:.1f}"
+
+
+def _v2_spec(tensor: ManifestTensor) -> TensorSpec:
+    """A manifest's tensor as v2 metadata: a free dimension is -1."""
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in tensor.shape)
+    return TensorSpec(tensor.name, tensor.datatype, shape)
 
 
 def _route_headers(routed: Routed, start: float, ingress: str) -> dict[str, str]:
@@ -423,6 +429,8 @@ class Ingress:
     def _signature(self, model: str, variant: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
         """A variant's inputs and outputs, from its manifest: metadata needs no pool up."""
         spec = self._manifests[model][variant].input
+        if isinstance(spec, TensorsSpec):
+            return [_v2_spec(t) for t in spec.inputs], [_v2_spec(t) for t in spec.outputs]
         inputs = [TensorSpec(spec.input_name, "FP32", (-1, -1))]
         return inputs, [TensorSpec(spec.output_name, "FP32", (-1, len(spec.labels)))]
 
@@ -481,7 +489,9 @@ class Ingress:
                 {
                     "name": name,
                     "variants": {n: v.weight for n, v in router.config.variants.items()},
-                    "labels": next(iter(self._manifests[name].values())).input.labels,
+                    "labels": getattr(
+                        next(iter(self._manifests[name].values())).input, "labels", []
+                    ),
                     "pools": [
                         {
                             "name": v.name,
@@ -569,24 +579,29 @@ class Ingress:
             tally.variant = variant = self._variant(router, request)
             self._refuse_if_full(router)
             body = await self._body(request, router, tally)
-            manifest = self._manifests[model][variant]
-            limit = min(router.config.limits.max_audio_seconds, manifest.input.max_seconds)
+            spec = self._manifests[model][variant].input
+            if not isinstance(spec, InputSpec):
+                raise BadRequest(
+                    f"model {model!r} is not an audio classifier (its artifact takes "
+                    f"{', '.join(t.name for t in spec.inputs)}): use POST /v2/models/{model}/infer"
+                )
+            limit = min(router.config.limits.max_audio_seconds, spec.max_seconds)
             decode = functools.partial(
                 decode_audio,
                 body,
                 request.headers.get("content-type", "audio/wav"),
-                sample_rate=manifest.input.sample_rate,
+                sample_rate=spec.sample_rate,
                 max_seconds=limit,
             )
             # A short clip decodes faster than a hop to a thread and back; a long one must
             # not hold the event loop (every other request and health probe waits on it).
             wave = decode() if len(body) <= INLINE_DECODE_BYTES else await asyncio.to_thread(decode)
-            inputs = {manifest.input.input_name: wave[None, :]}
+            inputs = {spec.input_name: wave[None, :]}
             routed = await self._dispatch(router, tally, inputs, start)
-            logits = np.asarray(routed.outputs[manifest.input.output_name], dtype=np.float64)[0]
+            logits = np.asarray(routed.outputs[spec.output_name], dtype=np.float64)[0]
             scores = np.exp(logits - logits.max())
             scores /= scores.sum()
-            labels = manifest.input.labels
+            labels = spec.labels
             return JSONResponse(
                 {
                     "model": model,
@@ -594,7 +609,7 @@ class Ingress:
                     "pool": routed.pool,
                     "label": labels[int(scores.argmax())],
                     "scores": {label: float(s) for label, s in zip(labels, scores, strict=True)},
-                    "seconds": wave.shape[0] / manifest.input.sample_rate,
+                    "seconds": wave.shape[0] / spec.sample_rate,
                 },
                 headers=_route_headers(routed, start, self._id),
             )

@@ -3,7 +3,8 @@
 The embedded default: one model named after the directory, one variant, a GPU pool (the
 fp16 artifact on CUDA) only where ONNX Runtime can use CUDA, and a CPU pool always: the
 distilled ``student-int8`` artifact when it was built and passed its gates (it is the one
-built for the CPU latency target), else ``int8``.
+built for the CPU latency target), else ``int8``. A directory without them (``sluiceway
+import`` of an fp32 model without ``--variants``) serves ``fp32`` on either pool.
 """
 
 from __future__ import annotations
@@ -19,11 +20,22 @@ from serving.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 POOL_ARTIFACTS = {"gpu": "fp16", "cpu": "int8"}
+FALLBACK = "fp32"  # what either pool serves when its own artifact was not built
 STUDENT = "student-int8"
 # One machine: CPU inference shares its cores with the HTTP proxy and the ingress, which
 # must stay prompt (routing, shedding, health checks) while inference keeps every core busy.
 LOCAL_NICE = 19  # Ray's workers (proxy, ingress) run at 15
 QUEUE_ROWS = 64
+
+
+def pool_artifact(directory: Path, pool: str) -> str:
+    """The artifact ``pool`` serves from ``directory``: its own (for the CPU pool an
+    accepted student first), else ``fp32`` when only that was built."""
+    own = cpu_artifact(directory) if pool == "cpu" else POOL_ARTIFACTS[pool]
+    built = (directory / own / "manifest.json").is_file()
+    if not built and (directory / FALLBACK / "manifest.json").is_file():
+        return FALLBACK
+    return own
 
 
 def cpu_artifact(directory: Path) -> str:
@@ -65,7 +77,7 @@ def config_for_artifacts(
     pools = ["gpu", "cpu"] if gpu else ["cpu"]
     artifacts = {}
     for pool in pools:
-        path = directory / (cpu_artifact(directory) if pool == "cpu" else POOL_ARTIFACTS[pool])
+        path = directory / pool_artifact(directory, pool)
         if not (path / "manifest.json").is_file():
             raise ConfigError(
                 f"{path} is not an artifact; build it with "

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,14 +27,14 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from ray import serve
 
 from optimize.errors import OptimizeError
-from optimize.manifest import MODEL_FILE, Manifest, verify_artifact
+from optimize.manifest import EXAMPLES_FILE, MODEL_FILE, Manifest, TensorsSpec, verify_artifact
 from serving.batch_queue import BatchQueue, Entry
 from serving.calls import Job, Outcome, Reply, Status, Tensors
 from serving.config import ArtifactRef, PoolConfig
 from serving.errors import BadRequest, ConfigError, ServingError, UnknownModel
 from serving.fetch import resolve_artifact
 from serving.metrics import ReplicaMetrics, refresh_forever
-from serving.protocols.v2 import ONNX_TO_V2, TensorSpec, check_inputs
+from serving.protocols.v2 import DATATYPES, ONNX_TO_V2, TensorSpec, check_inputs
 from serving.replica_memory import gpu_memory_bytes, memory_limit_bytes, rss_bytes
 
 logger = logging.getLogger(__name__)
@@ -49,10 +50,16 @@ class LoadedVariant:
     """One artifact open on ONNX Runtime."""
 
     manifest: Manifest
+    directory: Path
     session: ort.InferenceSession
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     provider: str
+
+    @property
+    def batchable(self) -> bool:
+        """Requests can share a call: every input has a free first (batch) axis."""
+        return all(spec.shape and spec.shape[0] < 0 for spec in self.inputs)
 
 
 def _specs(args: list[Any]) -> tuple[TensorSpec, ...]:
@@ -87,6 +94,7 @@ def load_variant(ref: ArtifactRef, pool: PoolConfig) -> LoadedVariant:
         )
     return LoadedVariant(
         manifest=manifest,
+        directory=directory,
         session=session,
         inputs=_specs(session.get_inputs()),
         outputs=_specs(session.get_outputs()),
@@ -177,8 +185,10 @@ class ReplicaRunner:
         clock: Callable[[], float] = time.time,
         on_dropped: Callable[[str, int], None] = lambda reason, count: None,
         on_call: Callable[[int], None] = lambda rows: None,
+        batchable: Callable[[str], bool] = lambda variant: True,
     ) -> None:
         self.queue = queue
+        self._batchable = batchable  # a variant whose inputs all have a free first axis
         self._model = model
         self._executor = executor
         self._clock = clock
@@ -188,7 +198,8 @@ class ReplicaRunner:
     async def submit(self, job: Job) -> Outcome:
         """Run ``job`` in a model call (alone or batched), or refuse it when full."""
         done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        entry = Entry(batch_key(job), job.rows, job.deadline, _Waiting(job, done))
+        key = batch_key(job) if self._batchable(job.variant) else object()  # alone: unique
+        entry = Entry(key, job.rows, job.deadline, _Waiting(job, done))
         if not self.queue.admit(entry):
             return Outcome(Status.FULL, detail="the replica holds all it may")
         self._start_calls()
@@ -252,14 +263,18 @@ class ReplicaRunner:
 
 
 def _warmup(variant: LoadedVariant) -> None:
-    feeds = {
-        spec.name: np.zeros(
-            [1 if d < 0 else d for d in spec.shape[:1]]
-            + [variant.manifest.input.sample_rate if d < 0 else d for d in spec.shape[1:]],
-            dtype=np.float32,
-        )
-        for spec in variant.inputs
-    }
+    """One call before the replica reports healthy: on the inputs the artifact was measured
+    on (any model), or one second of silence (audio)."""
+    spec = variant.manifest.input
+    if isinstance(spec, TensorsSpec):  # the inputs it was measured on, kept in the artifact
+        with np.load(variant.directory / EXAMPLES_FILE, allow_pickle=False) as data:
+            feeds = {name: data[name] for name in data.files}
+    else:
+        feeds = {}
+        for tensor in variant.inputs:
+            shape = [1 if d < 0 else d for d in tensor.shape[:1]]
+            shape += [spec.sample_rate if d < 0 else d for d in tensor.shape[1:]]
+            feeds[tensor.name] = np.zeros(shape, dtype=DATATYPES[tensor.datatype])
     variant.session.run(None, feeds)
 
 
@@ -304,6 +319,9 @@ class ModelReplica:
             self._executor,
             on_dropped=self._count_dropped,
             on_call=self._count_call,
+            batchable=lambda variant: (
+                variant in self._variants and self._variants[variant].batchable
+            ),
         )
         self._report_gauges()
         refresh_forever(self._report_gauges, f"{model}-{pool} gauges")

@@ -22,7 +22,7 @@ import onnxruntime as ort
 import soundfile
 
 from optimize.audio import resample
-from optimize.manifest import MODEL_FILE, read_manifest
+from optimize.manifest import MODEL_FILE, InputSpec, read_manifest
 
 
 class AudioClassifier(ls.LitAPI):  # type: ignore[misc]  # LitServe is untyped
@@ -41,6 +41,7 @@ class AudioClassifier(ls.LitAPI):  # type: ignore[misc]  # LitServe is untyped
             str(self._artifact / MODEL_FILE), options, providers=["CPUExecutionProvider"]
         )
         spec = read_manifest(self._artifact).input
+        assert isinstance(spec, InputSpec), "the LitServe baseline serves audio classifiers"
         self._rate, self._labels = spec.sample_rate, spec.labels
         self._input, self._output = spec.input_name, spec.output_name
 

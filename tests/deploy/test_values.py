@@ -304,3 +304,27 @@ def test_memory_quantities(quantity: str | int, expected: int) -> None:
 def test_a_memory_quantity_that_is_not_one_is_refused() -> None:
     with pytest.raises(InvalidValues, match=r"'4GB' is not a Kubernetes quantity"):
         parse_memory_bytes("4GB")
+
+
+@pytest.mark.slow
+def test_an_imported_model_gets_values_that_render_and_validate(helm: Helm, tmp_path: Path) -> None:
+    import numpy as np
+
+    from optimize.onnx_import import ImportConfig, import_model
+    from tests.import_models import silero_inputs, silero_vad
+
+    np.savez(tmp_path / "chunk.npz", **silero_inputs(1)[0], state=np.zeros((2, 1, 128), "f4"))
+    import_model(
+        ImportConfig(
+            model=silero_vad(),
+            output=tmp_path / "vad",
+            example_inputs=(tmp_path / "chunk.npz",),
+            latency_runs=5,
+        )
+    )
+    pools = {"cpu": PoolArtifact(artifact=tmp_path / "vad" / "fp32", device="cpu", threads=1)}
+    assert "inputs of {'input': [1, 512]" in slo_origin(pools, None)
+    values = chart_values("vad", pools, uri_prefix=PREFIX)
+    path = write_values(values, tmp_path / "values.yaml", helm)
+    for doc in render(helm, path):
+        assert schema_errors(doc) == [], (doc["kind"], doc["metadata"]["name"])

@@ -1,0 +1,71 @@
+"""ONNX models for `sluiceway import`'s tests: one made here (several int64 inputs, two
+outputs), and Silero VAD, a real third-party model shipped in the `silero-vad` package
+(stateful: it takes its previous state and returns the next)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+def silero_vad() -> Path:
+    import silero_vad
+
+    return Path(silero_vad.__file__).parent / "data" / "silero_vad.onnx"
+
+
+def silero_inputs(chunks: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Consecutive 32 ms chunks of 16 kHz audio, and the first state (zeros)."""
+    rng = np.random.default_rng(seed)
+    audio = (0.1 * rng.standard_normal((chunks, 1, 512))).astype(np.float32)
+    return [{"input": audio[i], "sr": np.array(16000, dtype=np.int64)} for i in range(chunks)]
+
+
+def token_model(path: Path) -> Path:
+    """A tiny text-like encoder: ``input_ids`` and ``attention_mask`` (int64, [batch,
+    sequence]) -> ``logits`` [batch, 3] and ``pooled`` [batch, 16]."""
+    import torch
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.embed = torch.nn.Embedding(50, 16)
+            self.mix = torch.nn.Linear(16, 16)
+            self.head = torch.nn.Linear(16, 3)
+
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            hidden = torch.tanh(self.mix(self.embed(input_ids)))
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            return self.head(pooled), pooled
+
+    ids = torch.randint(0, 50, (2, 7))
+    with warnings.catch_warnings():  # the TorchScript exporter, as optimize's own export
+        warnings.simplefilter("ignore")
+        _export(Encoder(), ids, path)
+    return path
+
+
+def _export(encoder: object, ids: object, path: Path) -> None:
+    import torch
+
+    torch.onnx.export(
+        encoder.eval(),  # type: ignore[attr-defined]
+        (ids, torch.ones_like(ids)),  # type: ignore[arg-type]
+        str(path),
+        input_names=["input_ids", "attention_mask"],
+        output_names=["logits", "pooled"],
+        dynamic_axes={
+            "input_ids": {0: "batch", 1: "sequence"},
+            "attention_mask": {0: "batch", 1: "sequence"},
+            "logits": {0: "batch"},
+            "pooled": {0: "batch"},
+        },
+        opset_version=17,
+        dynamo=False,
+    )
