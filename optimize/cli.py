@@ -100,8 +100,14 @@ def optimize(
     from optimize.gates import parse_gate_overrides
     from optimize.pipeline import OptimizeConfig, build_artifacts
     from optimize.quantize import RECIPES_BY_NAME
+    from optimize.text import is_text_model
 
     transformers_logging.disable_progress_bar()  # ours show the stages; its own add noise
+    if is_text_model(model):
+        _optimize_text(
+            model, output, variants, threads, latency_runs, gate, overwrite, quiet, progress_lines
+        )
+        return
     student = None
     if STUDENT in _split(variants):
         student = StudentRecipe(
@@ -142,6 +148,44 @@ def optimize(
         stderr.print(f"{output} holds every requested variant: nothing to build")
         return
     names = ", ".join(b.manifest.variant for b in built)
+    stderr.print(f"[green]Artifacts written to {output}[/green] ({names}: all gates passed)")
+
+
+def _optimize_text(
+    model: str,
+    output: Path,
+    variants: str,
+    threads: int,
+    latency_runs: int,
+    gate: list[str],
+    overwrite: bool,
+    quiet: bool,
+    lines: bool,
+) -> None:
+    """A text encoder: embeddings with its pooling, gated on real sentences."""
+    from optimize.errors import GatesFailed
+    from optimize.gates import parse_gate_overrides
+    from optimize.text import GATE_NAMES, TextConfig, build_text_artifacts
+
+    if STUDENT in _split(variants):
+        raise typer.BadParameter("student-int8 is for audio models; text gets fp32, fp16, int8")
+    config = TextConfig(
+        model=model,
+        output=output,
+        variants=_precisions(variants),
+        threads=threads,
+        latency_runs=latency_runs,
+        gate_overrides=parse_gate_overrides(gate, known=GATE_NAMES),
+        overwrite=overwrite,
+    )
+    try:
+        with ProgressBar(quiet=quiet, lines=lines) as bar:
+            built = build_text_artifacts(config, progress=bar)
+    except GatesFailed:
+        _print_summary(output)
+        raise
+    _print_summary(output)
+    names = ", ".join(m.variant for m in built)
     stderr.print(f"[green]Artifacts written to {output}[/green] ({names}: all gates passed)")
 
 

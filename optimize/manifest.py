@@ -76,6 +76,22 @@ class TensorsSpec(_Frozen):
     )
 
 
+class TextSpec(_Frozen):
+    """A text encoder: the tokenizer (a file in the artifact) turns text into its inputs."""
+
+    kind: Literal["text"] = "text"
+    inputs: list[TensorSpec] = Field(min_length=1, description="token ids, attention mask")
+    output_name: str
+    tokenizer_file: str = Field(description="a `tokenizers` JSON file in the artifact")
+    max_length: int = Field(gt=0, description="tokens; longer texts are truncated")
+    task: Literal["embed", "classify"]
+    dimension: int = Field(gt=0, description="the embedding's size, or the number of labels")
+    labels: list[str] = Field(default_factory=list)
+    multi_label: bool = Field(False, description="classify: sigmoid per label, not softmax")
+    pooling: str | None = Field(None, description="embed: mean, cls or max over tokens")
+    normalized: bool = False
+
+
 def _kind(default: str) -> Any:
     """Manifests written before a field had kinds have none: they are ``default``."""
 
@@ -88,7 +104,9 @@ def _kind(default: str) -> Any:
 
 
 ModelInput = Annotated[
-    Annotated[InputSpec, Tag("audio")] | Annotated[TensorsSpec, Tag("tensors")],
+    Annotated[InputSpec, Tag("audio")]
+    | Annotated[TensorsSpec, Tag("tensors")]
+    | Annotated[TextSpec, Tag("text")],
     _kind("audio"),
 ]
 
@@ -125,6 +143,7 @@ class LatencyStats(_Frozen):
     runs: int = Field(gt=0)
     batch: int = Field(gt=0)
     clip_seconds: float | None = Field(None, gt=0, description="audio: the clip length")
+    tokens: int | None = Field(None, gt=0, description="text: the sequence length")
     threads: int = Field(gt=0)
     spread: float | None = Field(
         None,
@@ -181,6 +200,11 @@ class TensorFidelity(_Frozen):
         ge=0, description="largest |difference| / (|source| + 1e-6), over every float output"
     )
     min_cosine: float = Field(description="lowest cosine of an output to the source's")
+    mean_cosine: float | None = Field(None, description="text: mean over the sentences")
+    ranking_agreement: float | None = Field(
+        None,
+        description="text: share of sentences whose near copy stays closer than another one",
+    )
     nonfinite_outputs: int = Field(0, ge=0, description="NaN or infinite output values")
 
 

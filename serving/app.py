@@ -13,6 +13,7 @@ at run time, and Serve's class-based ingress hides this module's globals from it
 import asyncio
 import functools
 import hmac
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,7 +32,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import DeploymentStatus
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from optimize.manifest import InputSpec, Manifest, TensorsSpec
+from optimize.manifest import InputSpec, Manifest, TensorsSpec, TextSpec
 from optimize.manifest import TensorSpec as ManifestTensor
 from serving.audio_decode import decode_audio
 from serving.auth import read_token
@@ -50,9 +51,11 @@ from serving.metrics import IngressMetrics, refresh_forever
 from serving.openapi import (
     INFER_CODES,
     ClassifyResponse,
+    EmbedResponse,
     V2InferResponse,
     V2ModelMetadata,
     classify_docs,
+    embed_docs,
     errors,
     v2_infer_docs,
 )
@@ -60,7 +63,9 @@ from serving.openapi import (
     components as openapi_components,
 )
 from serving.protocols.v2 import (
+    BYTES,
     HEADER_LENGTH,
+    TEXT_INPUT,
     TensorSpec,
     encode_infer_response,
     model_metadata,
@@ -189,6 +194,26 @@ def _v2_spec(tensor: ManifestTensor) -> TensorSpec:
     """A manifest's tensor as v2 metadata: a free dimension is -1."""
     shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in tensor.shape)
     return TensorSpec(tensor.name, tensor.datatype, shape)
+
+
+MAX_TEXTS = 256  # texts in one request: more is a batch job, not a request
+
+
+def _texts(body: bytes) -> np.ndarray:
+    """The ``text`` of a JSON body (a string or a non-empty list of them) as BYTES rows."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f'the body must be JSON like {{"text": "..."}}: {exc}') from exc
+    text = data.get("text") if isinstance(data, dict) else None
+    texts = [text] if isinstance(text, str) else text
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise BadRequest('"text" must be a string or a non-empty list of strings')
+    if len(texts) > MAX_TEXTS:
+        raise BadRequest(f"{len(texts)} texts in one request; at most {MAX_TEXTS}")
+    rows = np.empty(len(texts), dtype=object)
+    rows[:] = texts
+    return rows
 
 
 def _route_headers(routed: Routed, start: float, ingress: str) -> dict[str, str]:
@@ -431,6 +456,9 @@ class Ingress:
         spec = self._manifests[model][variant].input
         if isinstance(spec, TensorsSpec):
             return [_v2_spec(t) for t in spec.inputs], [_v2_spec(t) for t in spec.outputs]
+        if isinstance(spec, TextSpec):  # text in, tokenized by the replica
+            output = TensorSpec(spec.output_name, "FP32", (-1, spec.dimension))
+            return [TensorSpec(TEXT_INPUT, BYTES, (-1,))], [output]
         inputs = [TensorSpec(spec.input_name, "FP32", (-1, -1))]
         return inputs, [TensorSpec(spec.output_name, "FP32", (-1, len(spec.labels)))]
 
@@ -610,6 +638,44 @@ class Ingress:
                     "label": labels[int(scores.argmax())],
                     "scores": {label: float(s) for label, s in zip(labels, scores, strict=True)},
                     "seconds": wave.shape[0] / spec.sample_rate,
+                },
+                headers=_route_headers(routed, start, self._id),
+            )
+
+        return await self._answer(model, handle)
+
+    @api.post(
+        "/v1/models/{model}:embed",
+        tags=["v1"],
+        response_model=EmbedResponse,
+        responses=errors(*INFER_CODES),
+        openapi_extra=embed_docs(),
+    )
+    async def embed(self, model: str, request: Request) -> Response:
+        """``{"text": "..."}`` or ``{"text": ["...", ...]}`` -> one vector per text."""
+
+        async def handle(tally: Tally, start: float) -> Response:
+            self._authorize(request)
+            router = self._router(model)
+            tally.variant = variant = self._variant(router, request)
+            self._refuse_if_full(router)
+            body = await self._body(request, router, tally)
+            spec = self._manifests[model][variant].input
+            if not isinstance(spec, TextSpec) or spec.task != "embed":
+                raise BadRequest(
+                    f"model {model!r} is not a text embedding model: use "
+                    f"POST /v2/models/{model}/infer (or :classify for a classifier)"
+                )
+            texts = _texts(body)
+            routed = await self._dispatch(router, tally, {TEXT_INPUT: texts}, start)
+            vectors = np.asarray(routed.outputs[spec.output_name], dtype=np.float32)
+            return JSONResponse(
+                {
+                    "model": model,
+                    "variant": routed.variant,
+                    "pool": routed.pool,
+                    "dimension": int(vectors.shape[1]),
+                    "embeddings": vectors.tolist(),
                 },
                 headers=_route_headers(routed, start, self._id),
             )

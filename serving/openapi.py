@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serving.protocols.v2 import DATATYPES, HEADER_LENGTH
+from serving.protocols.v2 import BYTES, DATATYPES, HEADER_LENGTH
 
 
 class ErrorBody(BaseModel):
@@ -30,7 +30,7 @@ class V2Parameters(BaseModel):
 class V2InputTensor(BaseModel):
     name: str
     shape: list[Annotated[int, Field(ge=0)]] = Field(max_length=32)
-    datatype: Literal[tuple(sorted(DATATYPES))]  # type: ignore[valid-type]
+    datatype: Literal[tuple(sorted([*DATATYPES, BYTES]))]  # type: ignore[valid-type]
     data: list[Any] | None = Field(None, description="row-major values, flat or nested")
     parameters: V2Parameters | None = None
 
@@ -88,6 +88,20 @@ class ClassifyResponse(BaseModel):
     seconds: float = Field(description="length of the audio, seconds")
 
 
+class EmbedRequest(BaseModel):
+    """Text to embed: one string, or a list of them (one vector each)."""
+
+    text: str | list[str] = Field(description="UTF-8 text; longer than the model takes: cut")
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    variant: str
+    pool: str
+    dimension: int
+    embeddings: list[list[float]] = Field(description="one vector per text, in order")
+
+
 _WHY = {
     400: "the body, its tensors or its audio are malformed; the error names the field",
     401: "missing or wrong bearer token (when auth is on)",
@@ -113,7 +127,8 @@ _REF = "#/components/schemas/{model}"
 def components() -> dict[str, Any]:
     """Schemas the request bodies refer to, for the spec's ``components.schemas``."""
     schema = V2InferRequest.model_json_schema(ref_template=_REF)
-    return {"V2InferRequest": schema, **schema.pop("$defs", {})}
+    embed = EmbedRequest.model_json_schema(ref_template=_REF)
+    return {"V2InferRequest": schema, "EmbedRequest": embed, **schema.pop("$defs", {})}
 
 
 def v2_infer_docs() -> dict[str, Any]:
@@ -128,6 +143,18 @@ def v2_infer_docs() -> dict[str, Any]:
                     "description": f"JSON part then binary tensors; {HEADER_LENGTH} header "
                     "gives the JSON part's length",
                 },
+            },
+        }
+    }
+
+
+def embed_docs() -> dict[str, Any]:
+    """``openapi_extra`` of embed: a JSON body with the text."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": _REF.format(model="EmbedRequest")}}
             },
         }
     }

