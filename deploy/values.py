@@ -108,11 +108,12 @@ def slo_origin(pools: Mapping[str, PoolArtifact], slo_p99_seconds: float | None)
     manifest = read_manifest(spec.artifact)
     latency = manifest.measurements.latency
     provider = manifest.measurements.provider
-    inputs = (
-        f"{latency.clip_seconds:g} s clips"
-        if latency.clip_seconds is not None
-        else f"inputs of {getattr(manifest.input, 'example_shapes', {})}"
-    )
+    if latency.clip_seconds is not None:
+        inputs = f"{latency.clip_seconds:g} s clips"
+    elif latency.tokens is not None:
+        inputs = f"{latency.tokens} tokens"
+    else:
+        inputs = f"inputs of {getattr(manifest.input, 'example_shapes', {})}"
     sentence = (
         f"SLO {default_slo_seconds(latency.p99_s):g} s: 2x the P99 of pool {pool}'s artifact "
         f"{manifest.variant} ({latency.p99_s * 1e3:.0f} ms over {latency.runs} runs of "

@@ -83,6 +83,11 @@ def optimize(
     student_conv_keep: float = typer.Option(
         0.25, help="student-int8: share of conv front-end channels kept."
     ),
+    task: str | None = typer.Option(
+        None,
+        help="Text models: embed, or classify (a sequence classifier's own head; on an "
+        "embedding model, a head fitted on the built-in labelled sentences).",
+    ),
     overwrite: bool = typer.Option(False, help="Replace --output if it exists."),
     add: bool = typer.Option(
         False, help="Keep the variants --output holds; build only the missing ones."
@@ -105,7 +110,16 @@ def optimize(
     transformers_logging.disable_progress_bar()  # ours show the stages; its own add noise
     if is_text_model(model):
         _optimize_text(
-            model, output, variants, threads, latency_runs, gate, overwrite, quiet, progress_lines
+            model,
+            output,
+            variants,
+            task,
+            threads,
+            latency_runs,
+            gate,
+            overwrite,
+            quiet,
+            progress_lines,
         )
         return
     student = None
@@ -155,6 +169,7 @@ def _optimize_text(
     model: str,
     output: Path,
     variants: str,
+    task: str | None,
     threads: int,
     latency_runs: int,
     gate: list[str],
@@ -164,9 +179,12 @@ def _optimize_text(
 ) -> None:
     """A text encoder: embeddings with its pooling, gated on real sentences."""
     from optimize.errors import GatesFailed
+    from optimize.gates import GATE_NAMES as CLASSIFIER_GATES
     from optimize.gates import parse_gate_overrides
     from optimize.text import GATE_NAMES, TextConfig, build_text_artifacts
 
+    if task not in (None, "embed", "classify"):
+        raise typer.BadParameter(f"--task {task!r}: use embed or classify")
     if STUDENT in _split(variants):
         raise typer.BadParameter("student-int8 is for audio models; text gets fp32, fp16, int8")
     config = TextConfig(
@@ -175,7 +193,8 @@ def _optimize_text(
         variants=_precisions(variants),
         threads=threads,
         latency_runs=latency_runs,
-        gate_overrides=parse_gate_overrides(gate, known=GATE_NAMES),
+        task=task,
+        gate_overrides=parse_gate_overrides(gate, known=(*GATE_NAMES, *CLASSIFIER_GATES)),
         overwrite=overwrite,
     )
     try:

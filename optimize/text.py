@@ -31,14 +31,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from optimize.checkpoint import checkpoint_digest
 from optimize.errors import CheckpointError, GatesFailed, InputError
+from optimize.evaluate import fidelity, task_metrics
+from optimize.gates import GATE_NAMES as CLASSIFIER_GATES
+from optimize.gates import GateThresholds, judge
 from optimize.manifest import (
     MODEL_FILE,
+    Fidelity,
     GateResult,
     Manifest,
     Measurements,
     Precision,
     Recipe,
     SourceInfo,
+    TaskMetrics,
     TensorFidelity,
     TensorSpec,
     TextSpec,
@@ -57,6 +62,7 @@ logger = logging.getLogger(__name__)
 TEXT_MODEL_TYPES = ("bert", "distilbert", "roberta", "xlm-roberta", "camembert", "electra")
 TOKENIZER_FILE = "tokenizer.json"
 OUTPUT = "sentence_embedding"
+LOGITS = "logits"
 OPSET = 17
 # Embedding tables are most of a small encoder's bytes: int8 quantizes them too (Gather),
 # per channel: one scale per tensor loses too much of real weights.
@@ -129,16 +135,44 @@ class Pooled(torch.nn.Module):
         return result
 
 
+class Headed(torch.nn.Module):
+    """An embedding model with a classification head: text -> logits."""
+
+    def __init__(self, pooled: torch.nn.Module, head: torch.nn.Linear) -> None:
+        super().__init__()
+        self.pooled, self.head = pooled, head
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.head(self.pooled(input_ids, attention_mask))
+        return logits
+
+
+class Classifier(torch.nn.Module):
+    """A ``*ForSequenceClassification`` checkpoint: text -> its own head's logits."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return logits
+
+
 @dataclass
 class TextSource:
     directory: Path
-    model: Pooled
+    model: torch.nn.Module  # (input_ids, attention_mask) -> embeddings or logits
     tokenizer: Any  # tokenizers.Tokenizer
-    pooling: str
+    pooling: str | None
     normalize: bool
     max_length: int
     sha256: str
     architecture: str
+    task: Literal["embed", "classify"] = "embed"
+    labels: tuple[str, ...] = ()
+    multi_label: bool = False
+    fitted: str | None = None  # how a head was fitted, when it was
 
     @property
     def parameters(self) -> int:
@@ -164,11 +198,30 @@ def load_text_source(model: str) -> TextSource:
             f"{directory} is a {config.model_type!r}; text encoders supported: "
             f"{', '.join(TEXT_MODEL_TYPES)}"
         )
+    tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
+    max_length = _max_length(directory, config)
+    if any(a.endswith("ForSequenceClassification") for a in config.architectures or ()):
+        from transformers import AutoModelForSequenceClassification
+
+        head = AutoModelForSequenceClassification.from_pretrained(
+            directory, local_files_only=True, use_safetensors=True
+        ).eval()
+        return TextSource(
+            directory=directory,
+            model=Classifier(head).eval(),
+            tokenizer=tokenizer,
+            pooling=None,
+            normalize=False,
+            max_length=max_length,
+            sha256=checkpoint_digest(directory),
+            architecture=type(head).__name__,
+            task="classify",
+            labels=tuple(str(config.id2label[i]) for i in range(config.num_labels)),
+            multi_label=config.problem_type == "multi_label_classification",
+        )
     encoder = AutoModel.from_pretrained(directory, local_files_only=True, use_safetensors=True)
     encoder.eval()
     pooling, normalize = _pooling(directory)
-    tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
-    max_length = _max_length(directory, config)
     return TextSource(
         directory=directory,
         model=Pooled(encoder, pooling, normalize).eval(),
@@ -220,38 +273,75 @@ _CORPUS_MODULES = (
 )  # fmt: skip
 
 
+def _module_sentences(name: str) -> list[str]:
+    """Prose sentences of one module's documentation (its docstring and its members')."""
+    import importlib
+
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        return []
+    docs = [inspect.getdoc(module) or ""]
+    for attr in sorted(dir(module)):
+        if not attr.startswith("_"):
+            docs.append(inspect.getdoc(getattr(module, attr, None)) or "")
+    found = []
+    for doc in docs:
+        for raw in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
+            text = raw.strip()
+            words = text.split()
+            if (
+                8 <= len(words) <= 40
+                and text[0].isupper()
+                and text.endswith(".")
+                and not re.search(r"[{}()\[\]=<>`|\\#*]|>>>|\w\.\w", text)
+            ):
+                found.append(text)
+    return found
+
+
 def sentences(count: int) -> list[str]:
     """``count`` distinct real English sentences: the standard library's documentation
     (docstrings of the modules above and their public members), in a fixed order."""
-    import importlib
-
     found: list[str] = []
     seen: set[str] = set()
     for name in _CORPUS_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        docs = [inspect.getdoc(module) or ""]
-        for attr in sorted(dir(module)):
-            if not attr.startswith("_"):
-                docs.append(inspect.getdoc(getattr(module, attr, None)) or "")
-        for doc in docs:
-            for raw in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
-                text = raw.strip()
-                words = text.split()
-                if (
-                    8 <= len(words) <= 40
-                    and text[0].isupper()
-                    and text.endswith(".")
-                    and not re.search(r"[{}()\[\]=<>`|\\#*]|>>>|\w\.\w", text)
-                    and text not in seen
-                ):
-                    seen.add(text)
-                    found.append(text)
-                    if len(found) == count:
-                        return found
+        for text in _module_sentences(name):
+            if text not in seen:
+                seen.add(text)
+                found.append(text)
+                if len(found) == count:
+                    return found
     raise InputError(f"only {len(found)} sentences found in the standard library's docs")
+
+
+# A labelled set of real sentences: what a module's documentation is about.
+TOPICS = {
+    "network": ("http.client", "imaplib", "smtplib", "socket", "urllib.request", "email"),
+    "files": ("csv", "gzip", "pathlib", "shutil", "tarfile", "tempfile", "zipfile", "wave"),
+    "concurrency": ("asyncio", "multiprocessing", "queue", "sched", "subprocess", "threading"),
+}
+
+
+def labelled_sentences(per_label: int) -> tuple[list[str], list[int], list[str]]:
+    """Up to ``per_label`` sentences of each topic's modules (a sentence found under two
+    topics is left out), interleaved: texts, label indices, label names."""
+    by_topic = {t: [s for m in mods for s in _module_sentences(m)] for t, mods in TOPICS.items()}
+    counts: dict[str, int] = {}
+    for texts in by_topic.values():
+        for text in set(texts):
+            counts[text] = counts.get(text, 0) + 1
+    names = list(TOPICS)
+    columns = [
+        list(dict.fromkeys(t for t in by_topic[n] if counts[t] == 1))[:per_label] for n in names
+    ]
+    texts, labels = [], []
+    for row in range(max(len(c) for c in columns)):
+        for index, column in enumerate(columns):
+            if row < len(column):
+                texts.append(column[row])
+                labels.append(index)
+    return texts, labels, names
 
 
 def near_copy(text: str) -> str:
@@ -287,6 +377,11 @@ class TextConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str
+    task: Literal["embed", "classify"] | None = Field(
+        None,
+        description="default: the checkpoint's (a sequence classifier classifies); classify "
+        "on an embedding model fits a head on the built-in labelled sentences",
+    )
     output: Path
     variants: tuple[Precision, ...] = (Precision.FP32, Precision.INT8)
     sentences: int = Field(256, ge=16, description="real sentences for fidelity")
@@ -295,6 +390,56 @@ class TextConfig(BaseModel):
     latency_runs: int = Field(50, ge=5)
     gate_overrides: dict[Precision | None, dict[str, float]] = Field(default_factory=dict)
     overwrite: bool = False
+
+
+# int8 of a real text encoder flips a few near-tie decisions of a classifier on top (its
+# accuracy unchanged); larger logits than audio's move more in absolute terms.
+CLASSIFIER_INT8 = {"min_top1_agreement": 0.97, "max_abs_error": 3.0}
+CLASSIFIER_SPLIT = 5  # of every 5 labelled sentences, 3 fit the head and 2 judge it
+HEAD_STEPS = 300
+
+
+def fit_head(source: TextSource, progress: ProgressFn) -> TextSource:
+    """A linear head on the checkpoint's embeddings of the labelled sentences (``TOPICS``),
+    fitted on 3 of every 5, so that the model classifies them."""
+    texts, labels, names = labelled_sentences(150)
+    train = [i for i in range(len(texts)) if i % CLASSIFIER_SPLIT < 3]
+    feeds = encode(source.tokenizer, [texts[i] for i in train], min(128, source.max_length))
+    progress("fitting a head: embedding", 0, 0)
+    vectors = torch.from_numpy(torch_embeddings(source, feeds))
+    truth = torch.tensor([labels[i] for i in train])
+    torch.manual_seed(0)
+    head = torch.nn.Linear(vectors.shape[1], len(names))
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.05)
+    for step in range(HEAD_STEPS):
+        loss = torch.nn.functional.cross_entropy(head(vectors * 10), truth)
+        optimizer.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        progress("fitting a head: training", step + 1, HEAD_STEPS)
+    with torch.no_grad():  # the x10 the head was trained on, folded into its weights
+        head.weight.mul_(10)
+    return _with_head(source, head, names)
+
+
+def _with_head(source: TextSource, head: torch.nn.Linear, names: list[str]) -> TextSource:
+    from dataclasses import replace
+
+    return replace(
+        source,
+        model=Headed(source.model, head.eval()).eval(),
+        task="classify",
+        labels=tuple(names),
+        fitted=f"linear head fitted on {HEAD_STEPS} steps over 3 of every 5 labelled "
+        f"sentences ({', '.join(names)}: modules' documentation by topic)",
+    )
+
+
+def classifier_eval_set() -> tuple[list[str], NDArray[np.int64]]:
+    """The labelled sentences a fitted head did not see (2 of every 5)."""
+    texts, labels, _ = labelled_sentences(150)
+    held = [i for i in range(len(texts)) if i % CLASSIFIER_SPLIT >= 3]
+    return [texts[i] for i in held], np.asarray([labels[i] for i in held], dtype=np.int64)
 
 
 GATE_NAMES = (
@@ -351,11 +496,8 @@ def embedding_fidelity(
 
 
 def _gates(fidelity: TensorFidelity, precision: Precision, config: TextConfig) -> list[GateResult]:
-    table = {
-        **DEFAULT_GATES[precision],
-        **config.gate_overrides.get(None, {}),
-        **config.gate_overrides.get(precision, {}),
-    }
+    given = _overrides(config, precision)
+    table = {**DEFAULT_GATES[precision], **{k: v for k, v in given.items() if k in GATE_NAMES}}
     values = {
         "min_mean_cosine": fidelity.mean_cosine or 0.0,
         "min_cosine": fidelity.min_cosine,
@@ -376,7 +518,7 @@ def _gates(fidelity: TensorFidelity, precision: Precision, config: TextConfig) -
     return results
 
 
-def export_text(source: TextSource, path: Path) -> None:
+def export_text(source: TextSource, path: Path, output: str = "sentence_embedding") -> None:
     example = encode(source.tokenizer, ["an example sentence to trace the graph"], 16)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -385,11 +527,11 @@ def export_text(source: TextSource, path: Path) -> None:
             (torch.from_numpy(example["input_ids"]), torch.from_numpy(example["attention_mask"])),
             str(path),
             input_names=["input_ids", "attention_mask"],
-            output_names=[OUTPUT],
+            output_names=[output],
             dynamic_axes={
                 "input_ids": {0: "batch", 1: "sequence"},
                 "attention_mask": {0: "batch", 1: "sequence"},
-                OUTPUT: {0: "batch"},
+                output: {0: "batch"},
             },
             opset_version=OPSET,
             do_constant_folding=True,
@@ -406,6 +548,14 @@ def build_text_artifacts(config: TextConfig, progress: ProgressFn = no_progress)
     torch.set_num_threads(config.threads)
     progress("loading the text encoder", 0, 0)
     source = load_text_source(config.model)
+    task = config.task or source.task
+    if task == "classify" and source.task == "embed":
+        source = fit_head(source, progress)
+    elif task == "embed" and source.task == "classify":
+        raise InputError(
+            f"{config.model} is a sequence classifier ({source.architecture}): it classifies, "
+            "it does not embed; drop --task embed"
+        )
     work = config.output.with_name(f".{config.output.name}.tmp-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -427,19 +577,31 @@ def build_text_artifacts(config: TextConfig, progress: ProgressFn = no_progress)
     return built
 
 
+def _output_name(source: TextSource) -> str:
+    return OUTPUT if source.task == "embed" else LOGITS
+
+
 def _build(
     config: TextConfig, source: TextSource, work: Path, progress: ProgressFn
 ) -> list[Manifest]:
-    texts = sentences(config.sentences)
     length = min(config.tokens, source.max_length)
-    feeds = encode(source.tokenizer, texts, length)
-    close_feeds = encode(source.tokenizer, [near_copy(t) for t in texts], length)
+    if source.task == "embed":
+        texts = sentences(config.sentences)
+        truth = None
+    else:
+        texts, truth = classifier_eval_set()
+    judge_on = _Judged(
+        texts=texts,
+        truth=truth if source.fitted else None,  # a checkpoint's own labels are not topics
+        feeds=encode(source.tokenizer, texts, length),
+        close=encode(source.tokenizer, [near_copy(t) for t in texts], length),
+    )
     progress("PyTorch fp32 on real sentences", 0, 0)
-    reference = torch_embeddings(source, feeds)
+    reference = torch_embeddings(source, judge_on.feeds)
     fp32 = work / "fp32-export"
     fp32.mkdir()
     progress("fp32: exporting", 0, 0)
-    export_text(source, fp32 / MODEL_FILE)
+    export_text(source, fp32 / MODEL_FILE, _output_name(source))
     latency_feeds = encode(source.tokenizer, texts[:8], length, pad_to=length)
     manifests = []
     for precision in sorted(set(config.variants), key=list(Precision).index):
@@ -459,8 +621,7 @@ def _build(
                 source,
                 directory,
                 precision,
-                feeds,
-                close_feeds,
+                judge_on,
                 reference,
                 latency_feeds,
                 length,
@@ -471,13 +632,46 @@ def _build(
     return manifests
 
 
+@dataclass(frozen=True)
+class _Judged:
+    texts: list[str]
+    truth: NDArray[np.int64] | None
+    feeds: dict[str, NDArray[np.int64]]
+    close: dict[str, NDArray[np.int64]]
+
+
+def _judge(
+    config: TextConfig,
+    source: TextSource,
+    precision: Precision,
+    session: Any,
+    judged: _Judged,
+    reference: NDArray[Any],
+) -> tuple[Fidelity | TensorFidelity, TaskMetrics | None, list[GateResult]]:
+    outputs = onnx_embeddings(session, judged.feeds)
+    if source.task == "embed":
+        ranking = ranking_agreement(outputs, onnx_embeddings(session, judged.close))
+        embedded = embedding_fidelity(reference, outputs, ranking)
+        return embedded, None, _gates(embedded, precision, config)
+    labels = list(source.labels)
+    classes = fidelity(reference.astype(np.float32), outputs.astype(np.float32), labels)
+    metrics = task_metrics(outputs, judged.truth, len(labels)) if judged.truth is not None else None
+    overrides = {k: v for k, v in _overrides(config, precision).items() if k in CLASSIFIER_GATES}
+    defaults = CLASSIFIER_INT8 if precision is Precision.INT8 else {}
+    thresholds = GateThresholds.for_precision(precision, **(defaults | overrides))
+    return classes, metrics, judge(classes, thresholds)
+
+
+def _overrides(config: TextConfig, precision: Precision) -> dict[str, float]:
+    return {**config.gate_overrides.get(None, {}), **config.gate_overrides.get(precision, {})}
+
+
 def _artifact(
     config: TextConfig,
     source: TextSource,
     directory: Path,
     precision: Precision,
-    feeds: dict[str, NDArray[np.int64]],
-    close_feeds: dict[str, NDArray[np.int64]],
+    judged: _Judged,
     reference: NDArray[Any],
     latency_feeds: dict[str, NDArray[np.int64]],
     length: int,
@@ -488,9 +682,7 @@ def _artifact(
     shutil.copyfile(source.directory / TOKENIZER_FILE, directory / TOKENIZER_FILE)
     session, load_time = timed(lambda: open_session(path, threads=config.threads))
     progress(f"{label}: real sentences", 0, 0)
-    vectors = onnx_embeddings(session, feeds)
-    ranking = ranking_agreement(vectors, onnx_embeddings(session, close_feeds))
-    fidelity = embedding_fidelity(reference, vectors, ranking)
+    fid, metrics, gates = _judge(config, source, precision, session, judged, reference)
     one = {k: v[:1] for k, v in latency_feeds.items()}
     samples = text_latencies(
         {label: lambda f: session.run(None, f)},
@@ -505,20 +697,25 @@ def _artifact(
     block = {k: np.repeat(v, 8, axis=0) for k, v in one.items()}
     session.run(None, block)
     best = min(timed(lambda: session.run(None, block))[1] for _ in range(3))
-    dimension = int(reference.shape[1])
     spec = TextSpec(
         inputs=[
             TensorSpec(name="input_ids", datatype="INT64", shape=["batch", "sequence"]),
             TensorSpec(name="attention_mask", datatype="INT64", shape=["batch", "sequence"]),
         ],
-        output_name=OUTPUT,
+        output_name=_output_name(source),
         tokenizer_file=TOKENIZER_FILE,
         max_length=source.max_length,
-        task="embed",
-        dimension=dimension,
+        task=source.task,
+        dimension=int(reference.shape[1]),
+        labels=list(source.labels),
+        multi_label=source.multi_label,
         pooling=source.pooling,
         normalized=source.normalize,
     )
+    steps = list(_STEPS[precision])
+    if source.fitted:
+        steps.insert(0, source.fitted)
+    initializers = onnx.load(str(path), load_external_data=False).graph.initializer
     manifest = Manifest(
         variant=label,
         precision=precision,
@@ -528,18 +725,15 @@ def _artifact(
             model=config.model,
             architecture=source.architecture,
             sha256=source.sha256,
-            parameters=source.parameters,
+            parameters=sum(p.numel() for p in source.model.parameters()),
         ),
         input=spec,
         files=digest_files(directory, [MODEL_FILE, TOKENIZER_FILE]),
-        recipe=Recipe(steps=_STEPS[precision], opset=OPSET),
+        recipe=Recipe(steps=steps, opset=OPSET),
         measurements=Measurements(
             provider=provider_of(session),
             size_bytes=path.stat().st_size,
-            parameters=sum(
-                int(np.prod(t.dims))
-                for t in onnx.load(str(path), load_external_data=False).graph.initializer
-            ),
+            parameters=sum(int(np.prod(t.dims)) for t in initializers),
             load_time_s=load_time,
             latency=latency_stats(
                 samples, batch=1, clip_seconds=None, threads=config.threads
@@ -547,8 +741,9 @@ def _artifact(
             throughput=Throughput(batch=8, clips_per_s=8 / best),
             peak_rss_bytes=rss,
         ),
-        fidelity=fidelity,
-        gates=_gates(fidelity, precision, config),
+        fidelity=fid,
+        task=metrics,
+        gates=gates,
     )
     write_manifest(directory, manifest)
     return manifest

@@ -608,10 +608,13 @@ class Ingress:
             self._refuse_if_full(router)
             body = await self._body(request, router, tally)
             spec = self._manifests[model][variant].input
+            if isinstance(spec, TextSpec) and spec.task == "classify":
+                return await self._classify_text(model, spec, body, router, tally, start)
             if not isinstance(spec, InputSpec):
                 raise BadRequest(
-                    f"model {model!r} is not an audio classifier (its artifact takes "
+                    f"model {model!r} is not a classifier (its artifact takes "
                     f"{', '.join(t.name for t in spec.inputs)}): use POST /v2/models/{model}/infer"
+                    + (" or :embed" if isinstance(spec, TextSpec) else "")
                 )
             limit = min(router.config.limits.max_audio_seconds, spec.max_seconds)
             decode = functools.partial(
@@ -643,6 +646,40 @@ class Ingress:
             )
 
         return await self._answer(model, handle)
+
+    async def _classify_text(
+        self,
+        model: str,
+        spec: TextSpec,
+        body: bytes,
+        router: ModelRouter,
+        tally: Tally,
+        start: float,
+    ) -> Response:
+        """``{"text": ...}`` -> label and scores per text (sigmoid per label for a
+        multi-label head, softmax otherwise)."""
+        texts = _texts(body)
+        routed = await self._dispatch(router, tally, {TEXT_INPUT: texts}, start)
+        logits = np.asarray(routed.outputs[spec.output_name], dtype=np.float64)
+        if spec.multi_label:
+            scores = 1.0 / (1.0 + np.exp(-logits))
+        else:
+            scores = np.exp(logits - logits.max(axis=1, keepdims=True))
+            scores /= scores.sum(axis=1, keepdims=True)
+        results = [
+            {
+                "label": spec.labels[int(row.argmax())],
+                "labels": [name for name, v in zip(spec.labels, row, strict=True) if v >= 0.5]
+                if spec.multi_label
+                else [spec.labels[int(row.argmax())]],
+                "scores": {name: float(v) for name, v in zip(spec.labels, row, strict=True)},
+            }
+            for row in scores
+        ]
+        return JSONResponse(
+            {"model": model, "variant": routed.variant, "pool": routed.pool, "results": results},
+            headers=_route_headers(routed, start, self._id),
+        )
 
     @api.post(
         "/v1/models/{model}:embed",

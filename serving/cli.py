@@ -26,6 +26,7 @@ import typer
 from sluiceway._output import stderr, stdout
 
 if TYPE_CHECKING:
+    from serving.config import ArtifactRef
     from serving.local import StudentHandover
 
 
@@ -82,10 +83,12 @@ def serve(
     _on_signals()  # again: ray.init sets a SIGTERM handler of its own
     base = f"http://{settings.http.host}:{settings.http.port}"
     stdout.print(f"Sluiceway is serving on {base}")
-    for model in settings.models:
+    for name, model in settings.models.items():
+        variant = next(iter(model.variants.values()))
+        verb = _verb(variant.artifacts[model.routing.pools[0]])
         stdout.print(
-            f"  {model}: POST {base}/v2/models/{model}/infer   "
-            f"POST {base}/v1/models/{model}:classify"
+            f"  {name}: POST {base}/v2/models/{name}/infer"
+            + (f"   POST {base}/v1/models/{name}:{verb}" if verb else "")
         )
     stdout.print(
         f"  models: GET {base}/v1/models   docs: {base}/docs   "
@@ -100,6 +103,17 @@ def serve(
     if handover is not None:
         handover.stop()
     stop(joined=address is not None)
+
+
+def _verb(artifact: ArtifactRef) -> str | None:
+    """The v1 verb a model answers: classify (audio, text classifiers), embed, or none."""
+    from optimize.manifest import InputSpec, TextSpec
+    from serving.fetch import artifact_manifest
+
+    spec = artifact_manifest(artifact).input
+    if isinstance(spec, TextSpec):
+        return spec.task
+    return "classify" if isinstance(spec, InputSpec) else None
 
 
 def _build_first(model: str, artifacts: Path, *, gpu: bool, extra: str) -> StudentHandover | None:

@@ -79,13 +79,22 @@ class V2ModelMetadata(BaseModel):
     outputs: list[TensorMetadata]
 
 
+class TextResult(BaseModel):
+    label: str = Field(description="the top label")
+    labels: list[str] = Field(description="every label over 0.5 (multi-label), else the top")
+    scores: dict[str, float]
+
+
 class ClassifyResponse(BaseModel):
+    """Audio: one label, scores and the clip's length; text: one result per text."""
+
     model: str
     variant: str
     pool: str
-    label: str
-    scores: dict[str, float]
-    seconds: float = Field(description="length of the audio, seconds")
+    label: str | None = None
+    scores: dict[str, float] | None = None
+    seconds: float | None = Field(None, description="audio: length of the clip, seconds")
+    results: list[TextResult] | None = Field(None, description="text: one per text, in order")
 
 
 class EmbedRequest(BaseModel):
@@ -163,10 +172,12 @@ def embed_docs() -> dict[str, Any]:
 def classify_docs() -> dict[str, Any]:
     """``openapi_extra`` of classify: the audio upload."""
     audio = {"schema": {"type": "string", "format": "binary"}}
+    text = {"schema": {"$ref": _REF.format(model="EmbedRequest")}}
     return {
         "requestBody": {
             "required": True,
             "content": {
+                "application/json": text | {"description": "text classifiers: the text"},
                 "audio/wav": audio,
                 "audio/flac": audio,
                 "audio/l16": audio | {"description": "raw 16-bit PCM, mono; ;rate=N (Hz)"},

@@ -57,6 +57,18 @@ def minilm_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def minilm_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """all-MiniLM-L6-v2 with a head fitted on the built-in labelled sentences: fp32, int8."""
+    from optimize.text import TextConfig, build_text_artifacts
+
+    output = tmp_path_factory.mktemp("text") / "topics"
+    build_text_artifacts(
+        TextConfig(model="all-minilm-l6-v2", output=output, task="classify", latency_runs=5)
+    )
+    return output
+
+
+@pytest.fixture(scope="session")
 def ray_serve() -> Iterator[dict[str, int]]:
     """A one-machine Ray cluster (2 CPUs, pool resources) with Serve's HTTP proxy started."""
     import ray

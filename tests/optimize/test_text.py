@@ -63,3 +63,60 @@ def test_real_sentences_are_real_and_stable() -> None:
     first = sentences(250)
     assert len(set(first)) == 250 and first == sentences(250)
     assert all(8 <= len(t.split()) <= 40 and t.endswith(".") for t in first)
+
+
+def test_a_head_fitted_on_real_sentences_classifies_and_int8_keeps_its_decisions(
+    minilm_classifier: Path,
+) -> None:
+    from optimize.manifest import Fidelity
+
+    fp32 = verify_artifact(minilm_classifier / "fp32")
+    int8 = verify_artifact(minilm_classifier / "int8")  # every gate passed
+    for manifest in (fp32, int8):
+        spec = manifest.input
+        assert isinstance(spec, TextSpec) and spec.task == "classify"
+        assert spec.labels == ["network", "files", "concurrency"] and not spec.multi_label
+        assert isinstance(manifest.fidelity, Fidelity)
+        # judged on the labelled sentences the head never saw
+        assert manifest.task is not None and manifest.task.accuracy >= 0.8
+        assert any("linear head fitted" in step for step in manifest.recipe.steps)
+    # int8 flips a few near ties of the fp32 model, and keeps its accuracy
+    assert isinstance(int8.fidelity, Fidelity) and int8.fidelity.top1_agreement >= 0.97
+    assert fp32.task is not None and int8.task is not None
+    assert abs(int8.task.accuracy - fp32.task.accuracy) <= 0.02
+    assert {g.name for g in int8.gates} >= {"min_top1_agreement", "max_source_class_share"}
+
+
+def test_a_sequence_classifier_keeps_its_own_labels_and_problem_type(tmp_path: Path) -> None:
+    """A BERT ``ForSequenceClassification`` checkpoint (MiniLM's real encoder, a seeded
+    3-label multi-label head): its head and labels come along; no head is fitted."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, BertForSequenceClassification
+
+    from optimize.text import TextConfig, build_text_artifacts, preset_directory
+
+    source = preset_directory("all-minilm-l6-v2")
+    assert source is not None
+    config = AutoConfig.from_pretrained(source, local_files_only=True)
+    config.num_labels, config.problem_type = 3, "multi_label_classification"
+    config.id2label = {0: "urgent", 1: "billing", 2: "spam"}
+    config.label2id = {v: k for k, v in config.id2label.items()}
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "ckpt"
+    BertForSequenceClassification.from_pretrained(
+        source, config=config, local_files_only=True
+    ).save_pretrained(checkpoint)
+    shutil.copyfile(source / "tokenizer.json", checkpoint / "tokenizer.json")
+
+    (manifest,) = build_text_artifacts(
+        TextConfig(
+            model=str(checkpoint), output=tmp_path / "out", variants=("fp32",), latency_runs=5
+        )
+    )
+    spec = manifest.input
+    assert isinstance(spec, TextSpec) and spec.task == "classify" and spec.multi_label
+    assert spec.labels == ["urgent", "billing", "spam"] and spec.output_name == "logits"
+    assert manifest.accepted and manifest.task is None  # its labels are not the built-in topics
+    assert not any("fitted" in step for step in manifest.recipe.steps)

@@ -34,9 +34,17 @@ def test_default_config_serves_int8_on_cpu_and_fp16_on_gpu_when_there_is_one(
 @pytest.mark.slow
 def test_a_directory_without_the_artifact_is_named(tiny_artifacts: Path, tmp_path: Path) -> None:
     partial = tmp_path / "partial"
-    shutil.copytree(tiny_artifacts / "fp32", partial / "fp32")
+    (partial / "source").mkdir(parents=True)
     with pytest.raises(ConfigError, match=r"partial/int8 is not an artifact"):
         config_for_artifacts(partial, gpu=False)
+    # fp32 alone (an import without --variants): both pools serve it
+    shutil.copytree(tiny_artifacts / "fp32", partial / "fp32")
+    config = config_for_artifacts(partial, gpu=True)
+    artifacts = config.models["partial"].variants["default"].artifacts
+    assert {pool: Path(ref.uri).name for pool, ref in artifacts.items()} == {
+        "gpu": "fp32",
+        "cpu": "fp32",
+    }
 
 
 @pytest.mark.slow

@@ -116,3 +116,40 @@ def test_bad_embed_bodies_are_400_naming_the_problem(
         timeout=30,
     )
     assert response.status_code == 400 and message in response.json()["error"]
+
+
+def test_classify_text_with_a_fitted_head(
+    ray_serve: dict[str, int], minilm_classifier: Path, token_file: Path
+) -> None:
+    directory = minilm_classifier / "int8"
+    ref = {"uri": str(directory), "sha256": artifact_digest(directory)}
+    deploy(
+        {
+            "models": {
+                "topics": {
+                    "variants": {"stable": {"weight": 100, "artifacts": {"fast": ref}}},
+                    "routing": {"pools": ["fast"], "slo_p99_seconds": 2.0},
+                }
+            },
+            "pools": {"fast": {"num_cpus": 0.5, "resources": {"pool-fast": 1}}},
+            "http": {"host": "127.0.0.1", "port": ray_serve["http"]},
+            "auth": {"token_file": str(token_file)},
+            "metrics": {"export_port": ray_serve["metrics"]},
+        }
+    )
+    base = f"http://127.0.0.1:{ray_serve['http']}"
+    texts = [
+        "Open a TCP connection to the mail server and send the message over it.",
+        "Copy the directory tree and then remove the temporary archive file.",
+    ]
+    response = httpx.post(
+        f"{base}/v1/models/topics:classify", json={"text": texts}, headers=AUTH, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["label"] for r in results] == ["network", "files"]
+    assert all(abs(sum(r["scores"].values()) - 1) < 1e-5 for r in results)  # softmax
+    embed = httpx.post(
+        f"{base}/v1/models/topics:embed", json={"text": "hi"}, headers=AUTH, timeout=60
+    )
+    assert embed.status_code == 400 and "not a text embedding model" in embed.json()["error"]
