@@ -46,8 +46,8 @@ $(HELM):
 
 install: install-system $(VENV)/.installed $(HELM)  ## system packages, helm/kubectl, then .venv with the project and test tools
 
-test: install  ## run the test suite (small preset; well under 15 minutes)
-	$(BIN)/pytest -q
+test: install  ## run the test suite (small presets; about 16 minutes on 2 cores)
+	$(BIN)/pytest -q --durations=15
 
 test-fast: install  ## unit tests only (no slow/integration)
 	$(BIN)/pytest -q -m "not slow and not integration"

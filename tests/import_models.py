@@ -69,3 +69,35 @@ def _export(encoder: object, ids: object, path: Path) -> None:
         opset_version=17,
         dynamo=False,
     )
+
+
+def flag_model(path: Path) -> Path:
+    """fp16 ``x`` [batch, 4] and bool ``flag`` [batch, 1] -> ``y`` (fp16, doubled where the
+    flag is set) and ``total`` (fp32 [batch])."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    two = helper.make_tensor("two", TensorProto.FLOAT16, [], [2.0])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["x", "two"], ["doubled"]),
+            helper.make_node("Where", ["flag", "doubled", "x"], ["y"]),
+            helper.make_node("Cast", ["y"], ["y32"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceSum", ["y32"], ["total"], keepdims=0, axes=[1]),
+        ],
+        "flags",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["batch", 4]),
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, ["batch", 1]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["batch", 4]),
+            helper.make_tensor_value_info("total", TensorProto.FLOAT, ["batch"]),
+        ],
+        initializer=[two],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

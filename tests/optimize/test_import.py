@@ -137,3 +137,20 @@ def test_the_imported_model_answers_like_the_original(tokens: Path, tmp_path: Pa
     theirs = ort.InferenceSession(str(tokens)).run(None, feeds)
     for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_bool_and_fp16_tensors_are_imported_and_measured(tmp_path: Path) -> None:
+    from tests.import_models import flag_model
+
+    (manifest,) = import_model(
+        ImportConfig(
+            model=flag_model(tmp_path / "flags.onnx"), output=tmp_path / "f", latency_runs=5
+        )
+    )
+    spec = manifest.input
+    assert isinstance(spec, TensorsSpec)
+    assert [(t.name, t.datatype) for t in spec.inputs] == [("x", "FP16"), ("flag", "BOOL")]
+    assert [(t.name, t.datatype) for t in spec.outputs] == [("y", "FP16"), ("total", "FP32")]
+    assert manifest.precision.value == "fp16" and manifest.accepted
+    with np.load(tmp_path / "f" / "fp16" / EXAMPLES_FILE) as kept:
+        assert kept["flag"].dtype == np.bool_ and kept["x"].dtype == np.float16
