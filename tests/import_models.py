@@ -101,3 +101,27 @@ def flag_model(path: Path) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def sequence_classifier(directory: Path) -> Path:
+    """A BERT ``ForSequenceClassification`` checkpoint: MiniLM's real encoder and a seeded
+    3-label multi-label head (labels urgent, billing, spam), with its tokenizer."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, BertForSequenceClassification
+
+    from optimize.text import preset_directory
+
+    source = preset_directory("all-minilm-l6-v2")
+    assert source is not None
+    config = AutoConfig.from_pretrained(source, local_files_only=True)
+    config.num_labels, config.problem_type = 3, "multi_label_classification"
+    config.id2label = {0: "urgent", 1: "billing", 2: "spam"}
+    config.label2id = {v: k for k, v in config.id2label.items()}
+    torch.manual_seed(0)
+    BertForSequenceClassification.from_pretrained(
+        source, config=config, local_files_only=True
+    ).save_pretrained(directory)
+    shutil.copyfile(source / "tokenizer.json", directory / "tokenizer.json")
+    return directory

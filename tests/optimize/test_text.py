@@ -90,25 +90,10 @@ def test_a_head_fitted_on_real_sentences_classifies_and_int8_keeps_its_decisions
 def test_a_sequence_classifier_keeps_its_own_labels_and_problem_type(tmp_path: Path) -> None:
     """A BERT ``ForSequenceClassification`` checkpoint (MiniLM's real encoder, a seeded
     3-label multi-label head): its head and labels come along; no head is fitted."""
-    import shutil
+    from optimize.text import TextConfig, build_text_artifacts
+    from tests.import_models import sequence_classifier
 
-    import torch
-    from transformers import AutoConfig, BertForSequenceClassification
-
-    from optimize.text import TextConfig, build_text_artifacts, preset_directory
-
-    source = preset_directory("all-minilm-l6-v2")
-    assert source is not None
-    config = AutoConfig.from_pretrained(source, local_files_only=True)
-    config.num_labels, config.problem_type = 3, "multi_label_classification"
-    config.id2label = {0: "urgent", 1: "billing", 2: "spam"}
-    config.label2id = {v: k for k, v in config.id2label.items()}
-    torch.manual_seed(0)
-    checkpoint = tmp_path / "ckpt"
-    BertForSequenceClassification.from_pretrained(
-        source, config=config, local_files_only=True
-    ).save_pretrained(checkpoint)
-    shutil.copyfile(source / "tokenizer.json", checkpoint / "tokenizer.json")
+    checkpoint = sequence_classifier(tmp_path / "ckpt")
 
     (manifest,) = build_text_artifacts(
         TextConfig(

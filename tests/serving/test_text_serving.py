@@ -153,3 +153,51 @@ def test_classify_text_with_a_fitted_head(
         f"{base}/v1/models/topics:embed", json={"text": "hi"}, headers=AUTH, timeout=60
     )
     assert embed.status_code == 400 and "not a text embedding model" in embed.json()["error"]
+
+
+def test_a_multi_label_classifier_scores_each_label_with_a_sigmoid(
+    ray_serve: dict[str, int], token_file: Path, tmp_path: Path
+) -> None:
+    from optimize.text import TextConfig, build_text_artifacts
+    from tests.import_models import sequence_classifier
+
+    checkpoint = sequence_classifier(tmp_path / "ckpt")
+    build_text_artifacts(
+        TextConfig(
+            model=str(checkpoint),
+            output=tmp_path / "a",
+            variants=("fp32",),
+            latency_runs=5,
+            sentences=16,
+        )
+    )
+    directory = tmp_path / "a" / "fp32"
+    ref = {"uri": str(directory), "sha256": artifact_digest(directory)}
+    deploy(
+        {
+            "models": {
+                "tickets": {
+                    "variants": {"stable": {"weight": 100, "artifacts": {"fast": ref}}},
+                    "routing": {"pools": ["fast"], "slo_p99_seconds": 2.0},
+                }
+            },
+            "pools": {"fast": {"num_cpus": 0.5, "resources": {"pool-fast": 1}}},
+            "http": {"host": "127.0.0.1", "port": ray_serve["http"]},
+            "auth": {"token_file": str(token_file)},
+            "metrics": {"export_port": ray_serve["metrics"]},
+        }
+    )
+    base = f"http://127.0.0.1:{ray_serve['http']}"
+    response = httpx.post(
+        f"{base}/v1/models/tickets:classify", json={"text": TEXTS}, headers=AUTH, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    tokenizer = load_text_source(str(checkpoint)).tokenizer
+    feeds = encode(tokenizer, TEXTS, 256)
+    logits = open_session(directory / "model.onnx", threads=1).run(None, feeds)[0]
+    for result, row in zip(response.json()["results"], logits, strict=True):
+        expected = 1 / (1 + np.exp(-row.astype(np.float64)))  # each label on its own
+        assert list(result["scores"]) == ["urgent", "billing", "spam"]
+        np.testing.assert_allclose(list(result["scores"].values()), expected, atol=1e-4)
+        over = zip(result["scores"], expected, strict=True)
+        assert result["labels"] == [name for name, v in over if v >= 0.5]
