@@ -91,8 +91,16 @@ def ray_serve() -> Iterator[dict[str, int]]:
         logging_config=QUIET_LOGS,
     )
     yield ports
+    import psutil
+
+    # Serve's HAProxy outlived this cluster after a whole suite (one orphan per run): stop
+    # what this cluster started, and only that.
+    started = [p for p in psutil.Process().children(recursive=True) if p.name() == "haproxy"]
     serve.shutdown()
     ray.shutdown()
+    _, alive = psutil.wait_procs(started, timeout=10)
+    for process in alive:
+        process.kill()
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ class ServeProcess:
     def __init__(self, proc: subprocess.Popen[bytes], out: Path, err: Path) -> None:
         self.proc = proc
         self._out, self._err = out, err
+        self.left_running: list[str] = []
 
     def stdout(self) -> str:
         return self._out.read_text()
@@ -42,9 +43,17 @@ class ServeProcess:
         return psutil.Process(self.proc.pid).children(recursive=True)
 
     def interrupt(self, timeout_s: float = 120) -> int:
-        """Ctrl-C, then its exit status."""
+        """Ctrl-C, then its exit status; what it started and left running is stopped (and
+        kept in ``left_running`` for a test to look at)."""
+        started = self.children()
         self.proc.send_signal(signal.SIGINT)
-        return self.proc.wait(timeout=timeout_s)
+        code = self.proc.wait(timeout=timeout_s)
+        _, alive = psutil.wait_procs(started, timeout=30)
+        self.left_running = [p.name() for p in alive if p.is_running()]
+        for process in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        return code
 
 
 @contextlib.contextmanager

@@ -86,3 +86,4 @@ def test_make_serve_builds_what_the_cpu_pool_needs_then_hands_over_to_the_studen
         assert served_by["int8"] > 0 and served_by["student-int8"] > 0, served_by
         assert {artifact for _, artifact in after} == {"student-int8"}, after
         assert server.interrupt() == 0, server.stderr()[-3000:]
+        print("left running after Ctrl-C:", server.left_running)  # a finding, not yet a rule
