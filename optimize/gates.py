@@ -6,7 +6,7 @@ relax them with ``--gate NAME=VALUE`` (every variant) or ``--gate int8.NAME=VALU
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -69,6 +69,15 @@ def _gate(name: str, comparison: Literal[">=", "<="], threshold: float, value: f
     return GateResult(
         name=name, comparison=comparison, threshold=threshold, value=value, passed=passed
     )
+
+
+def judge_table(thresholds: Mapping[str, float], values: Mapping[str, float]) -> list[GateResult]:
+    """One gate per ``thresholds`` entry, judged on ``values`` of the same name: ``min_*``
+    gates need at least their threshold, the others at most."""
+    return [
+        _gate(name, ">=" if name.startswith("min_") else "<=", threshold, values[name])
+        for name, threshold in thresholds.items()
+    ]
 
 
 def judge(fidelity: Fidelity, thresholds: GateThresholds) -> list[GateResult]:

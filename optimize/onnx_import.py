@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
 from optimize.errors import GatesFailed, InputError, ModelLoadError
+from optimize.gates import judge_table
 from optimize.manifest import (
     EXAMPLES_FILE,
     MODEL_FILE,
@@ -275,17 +276,7 @@ def _gates(
         "max_rel_error": fidelity.max_rel_error,
         "max_nonfinite_outputs": float(fidelity.nonfinite_outputs),
     }
-    results = []
-    for name, threshold in table.items():
-        comparison: Literal[">=", "<="] = ">=" if name.startswith("min_") else "<="
-        value = values[name]
-        holds = value >= threshold if comparison == ">=" else value <= threshold
-        results.append(
-            GateResult(
-                name=name, comparison=comparison, threshold=threshold, value=value, passed=holds
-            )
-        )
-    return results
+    return judge_table(table, values)
 
 
 def _latencies(

@@ -33,7 +33,7 @@ from optimize.checkpoint import checkpoint_digest
 from optimize.errors import CheckpointError, GatesFailed, InputError
 from optimize.evaluate import fidelity, task_metrics
 from optimize.gates import GATE_NAMES as CLASSIFIER_GATES
-from optimize.gates import GateThresholds, judge
+from optimize.gates import GateThresholds, judge, judge_table
 from optimize.manifest import (
     MODEL_FILE,
     Fidelity,
@@ -505,17 +505,7 @@ def _gates(fidelity: TensorFidelity, precision: Precision, config: TextConfig) -
         "max_abs_error": fidelity.max_abs_error,
         "max_nonfinite_outputs": float(fidelity.nonfinite_outputs),
     }
-    results = []
-    for name, threshold in table.items():
-        comparison: Literal[">=", "<="] = ">=" if name.startswith("min_") else "<="
-        value = values[name]
-        holds = value >= threshold if comparison == ">=" else value <= threshold
-        results.append(
-            GateResult(
-                name=name, comparison=comparison, threshold=threshold, value=value, passed=holds
-            )
-        )
-    return results
+    return judge_table(table, values)
 
 
 def export_text(source: TextSource, path: Path, output: str = "sentence_embedding") -> None:
