@@ -7,6 +7,7 @@ machine's drift cancels in the paired differences.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -26,6 +27,11 @@ from serving.replica import inference_executor
 from serving.server import QUIET_LOGS, build_app
 
 HEADER = "inference-header-content-length"
+# How long the relay's no-op model holds the call, and how long it did: a call that waits as
+# long as the model ran costs more to return than one answered at once (idle processes wake
+# slower), and that is no part of what Sluiceway adds.
+HOLD_HEADER = "x-relay-hold-seconds"
+HELD_HEADER = "x-relay-held-seconds"
 NICE = 19  # below the proxy and ingress, which Ray runs at 15
 OVERHEAD_GOAL_S = 0.005
 SHED_GOAL_S = 0.050
@@ -40,12 +46,16 @@ class NoOp:
 
 
 class NoModel:
-    """Shaped like a replica with no model: tensors in, a small output out, no time inside."""
+    """Shaped like a replica with no model: tensors in, a small output out; it holds the
+    call ``hold_s`` (idle, as a process waiting on a model is) and says how long it did."""
 
     async def infer(
-        self, variant: str, inputs: dict[str, np.ndarray]
+        self, variant: str, inputs: dict[str, np.ndarray], hold_s: float = 0.0
     ) -> tuple[dict[str, np.ndarray], float]:
-        return {"logits": np.zeros((1, 2), dtype=np.float32)}, 0.0
+        start = time.perf_counter()
+        if hold_s > 0:
+            await asyncio.sleep(hold_s)
+        return {"logits": np.zeros((1, 2), dtype=np.float32)}, time.perf_counter() - start
 
 
 class Relay:
@@ -60,8 +70,13 @@ class Relay:
     async def __call__(self, request: Request) -> Response:
         body = await request.body()
         tensor = np.frombuffer(body, dtype="<f4", offset=int(request.headers[HEADER]))
-        await self._model.infer.remote("v", {"input_values": tensor[None, :]})
-        return Response(b'{"model_name":"relay","outputs":[]}', media_type="application/json")
+        hold = float(request.headers.get(HOLD_HEADER, 0.0))
+        _, held = await self._model.infer.remote("v", {"input_values": tensor[None, :]}, hold)
+        return Response(
+            b'{"model_name":"relay","outputs":[]}',
+            media_type="application/json",
+            headers={HELD_HEADER: repr(held)},
+        )
 
 
 def v2_body(clip: np.ndarray) -> tuple[bytes, dict[str, str]]:
@@ -143,7 +158,8 @@ def wait_healthy(base: str, pools: int, deadline_s: float = 120.0) -> None:
 
 def overhead(base: str, model: Path, clip: np.ndarray, rounds: int) -> dict[str, float]:
     """p50s of raw ONNX Runtime, Sluiceway, the no-op app and the relay, interleaved round
-    by round.
+    by round. The relay goes twice a round: answered at once, and holding the call as long
+    as Sluiceway's replica ran that round's request (the floor Sluiceway is measured on).
 
     Raw ONNX Runtime runs as a replica does: one thread, at the replica's ``nice``.
     """
@@ -166,13 +182,15 @@ def overhead(base: str, model: Path, clip: np.ndarray, rounds: int) -> dict[str,
     ours: list[float] = []
     noop: list[float] = []
     relay: list[float] = []
+    held: list[float] = []  # the relay holding each call as long as Sluiceway's model ran
     spans: dict[str, list[float]] = {"ingress": [], "dispatch": [], "replica": []}
     with httpx.Client(timeout=60) as client:
 
-        def timed_post(path: str, into: list[float]) -> httpx.Response:
+        def timed_post(path: str, into: list[float], hold_s: float = 0.0) -> httpx.Response:
+            extra = {HOLD_HEADER: repr(hold_s)} if hold_s else {}
             t = time.perf_counter()
-            r = client.post(f"{base}{path}", content=body, headers=headers)
-            into.append(time.perf_counter() - t)
+            r = client.post(f"{base}{path}", content=body, headers=headers | extra)
+            into.append(time.perf_counter() - t - float(r.headers.get(HELD_HEADER, 0.0)))
             assert r.status_code == 200, f"{path}: {r.status_code} {r.text}"
             return r
 
@@ -187,8 +205,10 @@ def overhead(base: str, model: Path, clip: np.ndarray, rounds: int) -> dict[str,
                 spans[name].append(float(dur) / 1e3)
             timed_post("/noop", noop)
             timed_post("/relay", relay)
+            timed_post("/relay", held, hold_s=spans["replica"][-1])
     executor.shutdown()
-    series = {"raw": raw, "ours": ours, "noop": noop, "relay": relay} | spans
+    series = {"raw": raw, "ours": ours, "noop": noop, "relay": relay, "relay_held": held}
+    series |= spans
     p50 = {k: float(np.median(v)) for k, v in series.items()}
     # Rounds are paired (raw, ours, no-op back to back): the median of per-round
     # differences cancels the machine's drift that a difference of medians keeps.
@@ -205,7 +225,11 @@ def overhead(base: str, model: Path, clip: np.ndarray, rounds: int) -> dict[str,
         "excess_around": around,
         # What the second Serve hop itself costs, and what Sluiceway adds on top of it.
         "second_hop": float(np.median(np.subtract(relay, noop))),
-        "over_relay": float(np.median(outside - np.asarray(relay))),
+        # Both outside the model's time: Sluiceway's outside its replica's span, the relay's
+        # outside the time its no-op model held the call.
+        "over_relay": float(np.median(outside - np.asarray(held))),
+        "over_instant_relay": float(np.median(outside - np.asarray(relay))),
+        "holding": float(np.median(np.subtract(held, relay))),
         "proxy_hop": float(np.median(np.subtract(ours, spans["ingress"]))),
         "in_ingress": float(np.median(np.subtract(spans["ingress"], spans["dispatch"]))),
         "replica_hop": float(np.median(np.subtract(spans["dispatch"], spans["replica"]))),
