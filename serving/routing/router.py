@@ -147,6 +147,8 @@ class ModelRouter:
         self.config = config
         self.order = list(config.routing.pools)
         self._handles = handles
+        # A handle's method is a new handle per attribute read: made once per pool.
+        self._infer = {pool: handle.infer for pool, handle in handles.items()}
         self._metrics = metrics
         self._clock = clock
         self._wall_clock = wall_clock
@@ -312,7 +314,7 @@ class ModelRouter:
 
     async def _send(self, pool: str, replica: str, job: Job) -> Reply:
         """One call to one replica (``ANY_REPLICA``: Serve's choice)."""
-        response = self._handles[pool].infer.remote([job], replica=replica or None)
+        response = self._infer[pool].remote([job], replica=replica or None)
         waiter: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         task = asyncio.ensure_future(response)  # a DeploymentResponse is awaitable
         task.add_done_callback(lambda done: _settle(waiter, done))
