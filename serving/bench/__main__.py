@@ -355,7 +355,7 @@ def section_sweep(
         print(
             f"| {clients} | {'honoured' if honour else 'ignored'} | {s['answered_per_s']:.1f} | "
             f"{s['refused_per_s']:.1f} | {s['p99_ms']:.0f} | {s['within_slo_per_s']:.1f} | "
-            f"{s['refusal_p50_ms']:.1f} / {s['refusal_p99_ms']:.1f} | "
+            f"{_ms(s['refusal_p50_ms'])} / {_ms(s['refusal_p99_ms'])} | "
             f"{lit['answered_per_s']:.1f} | {lit['refused_per_s']:.1f} | {lit['p99_ms']:.0f} | "
             f"{lit['within_slo_per_s']:.1f} |"
         )
@@ -378,9 +378,19 @@ def summary(o: Outcomes, slo: float) -> dict[str, Any]:
         "p50_ms": o.quantile(o.answered, 50) * 1e3,
         "p99_ms": o.quantile(o.answered, 99) * 1e3,
         "within_slo_per_s": o.within(slo),
-        "refusal_p50_ms": o.quantile(o.refused, 50) * 1e3 if o.refused else 0.0,
-        "refusal_p99_ms": o.quantile(o.refused, 99) * 1e3 if o.refused else 0.0,
+        "refused": len(o.refused),
+        # None with nothing refused: no refusal is not a fast one
+        "refusal_p50_ms": o.quantile(o.refused, 50) * 1e3 if o.refused else None,
+        "refusal_p99_ms": o.quantile(o.refused, 99) * 1e3 if o.refused else None,
+        # the same refusals' time inside the ingress (its Server-Timing span)
+        "refusal_in_ingress_p99_ms": o.quantile(o.refused_in_ingress, 99) * 1e3
+        if o.refused_in_ingress
+        else None,
     }
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def goals(table: list[dict[str, Any]], slo: float) -> dict[str, Any]:
@@ -389,7 +399,10 @@ def goals(table: list[dict[str, Any]], slo: float) -> dict[str, Any]:
     their_peak = max(r["litserve"]["answered_per_s"] for r in ignored)
     top = ignored[-1]
     ours, theirs = top["sluiceway"], top["litserve"]
-    refusal_p99 = max(r["sluiceway"]["refusal_p99_ms"] for r in table if r["clients"] in CLIENTS)
+    swept = [r["sluiceway"] for r in table if r["clients"] in CLIENTS]
+    refused = [r for r in swept if r["refusal_p99_ms"] is not None]
+    refusal_p99 = max((r["refusal_p99_ms"] for r in refused), default=None)
+    beyond = [r for r in table if r["clients"] == BEYOND]
     checks = {
         "peak_vs_litserve": peak / their_peak,
         "at_16_share_of_peak": ours["answered_per_s"] / peak,
@@ -406,9 +419,22 @@ def goals(table: list[dict[str, Any]], slo: float) -> dict[str, Any]:
         f"({'within' if checks['at_16_p99_within_slo'] else 'OVER'} the SLO); in SLO "
         f"{ours['within_slo_per_s']:.1f}/s vs LitServe {theirs['within_slo_per_s']:.1f}/s "
         f"(ratio {checks['at_16_in_slo_vs_litserve']:.2f})",
-        f"refusals p99 (worst step): {refusal_p99:.1f} ms (goal <= {REFUSAL_GOAL_S * 1e3:g} ms"
-        f"{'' if refusal_p99 <= REFUSAL_GOAL_S * 1e3 else ': NOT met'})",
+        f"refusals p99 (worst step of 1-{CLIENTS[-1]} clients): "
+        + (
+            f"{refusal_p99:.1f} ms (goal <= {REFUSAL_GOAL_S * 1e3:g} ms"
+            f"{'' if refusal_p99 <= REFUSAL_GOAL_S * 1e3 else ': NOT met'})"
+            if refusal_p99 is not None
+            else "none refused, so not measured"
+        ),
     ]
+    for row in beyond:
+        b = row["sluiceway"]
+        lines.append(
+            f"at {BEYOND} clients ignoring Retry-After: {b['refused']} refused, p50 / p99 "
+            f"{_ms(b['refusal_p50_ms'])} / {_ms(b['refusal_p99_ms'])} ms as the clients saw "
+            f"them ({_ms(b['refusal_in_ingress_p99_ms'])} ms p99 inside the ingress); "
+            f"answered p99 {b['p99_ms']:.0f} ms"
+        )
     return {"checks": checks, "lines": lines}
 
 
