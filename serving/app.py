@@ -491,10 +491,17 @@ class Ingress:
         self._count(tally, response.status_code, "ok", start)
         return response
 
-    def _refuse_if_full(self, router: ModelRouter) -> None:
-        """A 503 before the body is read when every pool is full: an overloaded server
-        answers fast and spends nothing on a request it will not serve."""
+    async def _begin(
+        self, model: str, request: Request, tally: Tally, pinned: str | None = None
+    ) -> tuple[ModelRouter, bytes]:
+        """What every inference request does first: its token, model and variant; then a
+        503 before the body is read when every pool is full (an overloaded server answers
+        fast and spends nothing on a request it will not serve); then the body."""
+        self._authorize(request)
+        router = self._router(model)
+        tally.variant = self._variant(router, request, pinned)
         router.refuse_if_full()
+        return router, await self._body(request, router, tally)
 
     async def _dispatch(
         self, router: ModelRouter, tally: Tally, inputs: dict[str, Any], start: float
@@ -623,11 +630,7 @@ class Ingress:
 
     async def _infer_v2(self, model: str, request: Request, pinned: str | None) -> Response:
         async def handle(tally: Tally, start: float) -> Response:
-            self._authorize(request)
-            router = self._router(model)
-            tally.variant = self._variant(router, request, pinned)
-            self._refuse_if_full(router)
-            body = await self._body(request, router, tally)
+            router, body = await self._begin(model, request, tally, pinned)
             raw_length = request.headers.get(HEADER_LENGTH)
             if raw_length is not None and not (raw_length.isascii() and raw_length.isdigit()):
                 raise BadRequest(f"{HEADER_LENGTH} must be an integer, got {raw_length!r}")
@@ -678,12 +681,8 @@ class Ingress:
         """A WAV/FLAC upload (or raw PCM: audio/l16;rate=N) -> labels and scores."""
 
         async def handle(tally: Tally, start: float) -> Response:
-            self._authorize(request)
-            router = self._router(model)
-            tally.variant = variant = self._variant(router, request)
-            self._refuse_if_full(router)
-            body = await self._body(request, router, tally)
-            spec = self._manifests[model][variant].input
+            router, body = await self._begin(model, request, tally)
+            spec = self._manifests[model][tally.variant].input
             if isinstance(spec, TextSpec) and spec.task == "classify":
                 return await self._classify_text(model, spec, body, router, tally, start)
             if not isinstance(spec, InputSpec):
@@ -768,12 +767,8 @@ class Ingress:
         """``{"text": "..."}`` or ``{"text": ["...", ...]}`` -> one vector per text."""
 
         async def handle(tally: Tally, start: float) -> Response:
-            self._authorize(request)
-            router = self._router(model)
-            tally.variant = variant = self._variant(router, request)
-            self._refuse_if_full(router)
-            body = await self._body(request, router, tally)
-            spec = self._manifests[model][variant].input
+            router, body = await self._begin(model, request, tally)
+            spec = self._manifests[model][tally.variant].input
             if not isinstance(spec, TextSpec) or spec.task != "embed":
                 raise BadRequest(
                     f"model {model!r} is not a text embedding model: use "
