@@ -58,6 +58,10 @@ OVER_RELAY_GOAL_S = 0.002  # what Sluiceway adds on top of the two-hop relay
 CLIENTS = (1, 2, 4, 8, 16)
 BEYOND = 32  # past the issue's sweep: a retry storm twice as strong
 REFUSAL_GOAL_S = 0.005
+CONTROL_NAMES = {
+    "haproxy": "HAProxy's own answer (GET /-/healthz)",
+    "ingress_404": "the ingress's 404 for an unknown model (a refusal's path, none of its work)",
+}
 
 
 def actor_pids(deployment: str) -> list[int]:
@@ -274,15 +278,24 @@ def litserve(artifact_dir: Path, port: int, threads: int) -> Iterator[str]:
                 child.kill()
 
 
-def sweep_steps(send: Any, seconds: float) -> list[tuple[int, bool, Outcomes]]:
-    """1-16 clients ignoring Retry-After, 16 honouring it, then 32 ignoring it."""
+def sweep_steps(
+    send: Any, seconds: float, probes: dict[str, Any] | None = None
+) -> list[tuple[int, bool, Outcomes]]:
+    """1-16 clients ignoring Retry-After, 16 honouring it, then 32 ignoring it (with
+    ``probes`` beside them)."""
     plan = [(c, False) for c in CLIENTS] + [(CLIENTS[-1], True), (BEYOND, False)]
     return [
         (
             clients,
             honour,
             asyncio.run(
-                closed_loop(send, clients=clients, seconds=seconds, honour_retry_after=honour)
+                closed_loop(
+                    send,
+                    clients=clients,
+                    seconds=seconds,
+                    honour_retry_after=honour,
+                    probes=probes if clients == BEYOND else None,
+                )
             ),
         )
         for clients, honour in plan
@@ -311,7 +324,23 @@ def section_sweep(
             f"{base}/v1/models/{model}:classify", content=wav, headers={"content-type": "audio/wav"}
         )
 
-    results: dict[str, list[tuple[int, bool, Outcomes]]] = {"sluiceway": sweep_steps(ours, seconds)}
+    # Controls for the refusals' latency, sent from the same client during the storm: an
+    # answer HAProxy gives itself (no Python on the way), and one the ingress gives before
+    # the body is read with no work of ours (an unknown model: the path a refusal takes).
+    async def haproxy_answer(client: httpx.AsyncClient) -> httpx.Response:
+        return await client.get(f"{base}/-/healthz")
+
+    async def ingress_answer(client: httpx.AsyncClient) -> httpx.Response:
+        return await client.post(
+            f"{base}/v1/models/no-such-model:classify",
+            content=wav,
+            headers={"content-type": "audio/wav"},
+        )
+
+    controls = {"haproxy": haproxy_answer, "ingress_404": ingress_answer}
+    results: dict[str, list[tuple[int, bool, Outcomes]]] = {
+        "sluiceway": sweep_steps(ours, seconds, controls)
+    }
     serve.delete(APP_NAME)
     payload = json.dumps({"wav": base64.b64encode(wav).decode()}).encode()
     with litserve(served_artifact, litserve_port, 0) as lit:
@@ -386,6 +415,11 @@ def summary(o: Outcomes, slo: float) -> dict[str, Any]:
         "refusal_in_ingress_p99_ms": o.quantile(o.refused_in_ingress, 99) * 1e3
         if o.refused_in_ingress
         else None,
+        "controls": {
+            name: {"p50_ms": o.quantile(v, 50) * 1e3, "p99_ms": o.quantile(v, 99) * 1e3}
+            for name, v in o.probes.items()
+            if v
+        },
     }
 
 
@@ -435,6 +469,15 @@ def goals(table: list[dict[str, Any]], slo: float) -> dict[str, Any]:
             f"them ({_ms(b['refusal_in_ingress_p99_ms'])} ms p99 inside the ingress); "
             f"answered p99 {b['p99_ms']:.0f} ms"
         )
+        controls = b["controls"]
+        if controls:
+            lines.append(
+                "the same step's controls, one every 50 ms from the same client, p50 / p99: "
+                + "; ".join(
+                    f"{CONTROL_NAMES.get(name, name)} {c['p50_ms']:.1f} / {c['p99_ms']:.1f} ms"
+                    for name, c in controls.items()
+                )
+            )
     return {"checks": checks, "lines": lines}
 
 

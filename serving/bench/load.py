@@ -7,6 +7,7 @@ loops do; with ``honour_retry_after`` a refused client first waits what ``Retry-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,7 @@ class Outcomes:
     refused_in_ingress: list[float] = field(default_factory=list)  # their Server-Timing
     other: dict[int, int] = field(default_factory=dict)  # other codes (-1: transport error)
     by_pool: dict[str, int] = field(default_factory=dict)
+    probes: dict[str, list[float]] = field(default_factory=dict)  # control requests' latencies
 
     def record(self, response: httpx.Response | None, latency: float) -> None:
         if response is None:
@@ -57,10 +59,23 @@ class Outcomes:
 
 
 async def closed_loop(
-    send: Send, *, clients: int, seconds: float, honour_retry_after: bool, warmup_s: float = 1.0
+    send: Send,
+    *,
+    clients: int,
+    seconds: float,
+    honour_retry_after: bool,
+    warmup_s: float = 1.0,
+    probes: dict[str, Send] | None = None,
+    probe_every_s: float = 0.05,
 ) -> Outcomes:
-    """``clients`` loops for ``warmup_s`` (not counted) then ``seconds`` (counted)."""
-    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    """``clients`` loops for ``warmup_s`` (not counted) then ``seconds`` (counted).
+
+    ``probes``: control requests, each sent every ``probe_every_s`` from the same event loop
+    while the clients run, their latencies kept by name (whatever their status).
+    """
+    probes = probes or {}
+    room = clients + len(probes) + 4
+    limits = httpx.Limits(max_connections=room, max_keepalive_connections=room)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         begin = time.perf_counter() + warmup_s
         end = begin + seconds
@@ -78,7 +93,19 @@ async def closed_loop(
                 if honour_retry_after and response is not None and response.status_code == 503:
                     await asyncio.sleep(float(response.headers.get("retry-after", "1")))
 
-        await asyncio.gather(*(one_client() for _ in range(clients)))
+        async def one_probe(name: str, probe: Send) -> None:
+            times = outcomes.probes.setdefault(name, [])
+            while (now := time.perf_counter()) < end:
+                with contextlib.suppress(httpx.TransportError):
+                    await probe(client)
+                    if now >= begin:
+                        times.append(time.perf_counter() - now)
+                await asyncio.sleep(probe_every_s)
+
+        await asyncio.gather(
+            *(one_client() for _ in range(clients)),
+            *(one_probe(name, probe) for name, probe in probes.items()),
+        )
     return outcomes
 
 
