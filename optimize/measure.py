@@ -10,7 +10,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,6 +23,7 @@ from optimize.progress import ProgressFn, no_progress
 
 Runner = Callable[[NDArray[np.float32]], object]
 T = TypeVar("T")
+X = TypeVar("X")  # what a runner takes: a batch of clips, a feed dict
 
 
 SPREAD_SLICES = 5
@@ -55,6 +56,32 @@ def latency_stats(
     )
 
 
+def interleaved_calls(
+    runners: Mapping[str, Callable[[X], object]],
+    inputs: Sequence[X],
+    *,
+    runs: int,
+    warmup: int = 2,
+    progress: ProgressFn = no_progress,
+) -> dict[str, list[float]]:
+    """Seconds per call of each runner on ``inputs`` in turn (a clip, a feed dict), ``runs``
+    rounds after ``warmup`` calls each, rotating the runners' order round by round."""
+    names = list(runners)
+    for name in names:
+        for i in range(warmup):
+            runners[name](inputs[i % len(inputs)])
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(runs):
+        item = inputs[r % len(inputs)]
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            runners[name](item)
+            samples[name].append(time.perf_counter() - start)
+        progress("latency", r + 1, runs)
+    return samples
+
+
 def interleaved_latencies(
     runners: Mapping[str, Runner],
     clips: NDArray[np.float32],
@@ -63,21 +90,20 @@ def interleaved_latencies(
     warmup: int = 2,
     progress: ProgressFn = no_progress,
 ) -> dict[str, list[float]]:
-    """Seconds per call of each runner at batch 1, ``runs`` rounds, rotating the order."""
-    names = list(runners)
-    for name in names:
-        for i in range(warmup):
-            runners[name](clips[i % len(clips)][None, :])
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(runs):
-        clip = clips[r % len(clips)][None, :]
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            runners[name](clip)
-            samples[name].append(time.perf_counter() - start)
-        progress("latency", r + 1, runs)
-    return samples
+    """Seconds per call of each runner at batch 1 (one clip), ``runs`` rounds, interleaved."""
+    batches = [clip[None, :] for clip in clips]
+    return interleaved_calls(runners, batches, runs=runs, warmup=warmup, progress=progress)
+
+
+def fastest_call(run: Callable[[X], object], block: X, *, rounds: int = 3) -> float:
+    """Seconds of the fastest of ``rounds`` calls on ``block``, after one warm-up call."""
+    run(block)
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        run(block)
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def throughput(
@@ -85,13 +111,7 @@ def throughput(
 ) -> Throughput:
     """Clips per second at ``batch``, best of ``rounds`` after one warm-up call."""
     block = np.stack([clips[i % len(clips)] for i in range(batch)])
-    runner(block)
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        runner(block)
-        best = min(best, time.perf_counter() - start)
-    return Throughput(batch=batch, clips_per_s=batch / best)
+    return Throughput(batch=batch, clips_per_s=batch / fastest_call(runner, block, rounds=rounds))
 
 
 def timed(action: Callable[[], T]) -> tuple[T, float]:

@@ -42,7 +42,13 @@ from optimize.manifest import (
     utc_now,
     write_manifest,
 )
-from optimize.measure import latency_stats, peak_rss_of_inputs, timed
+from optimize.measure import (
+    fastest_call,
+    interleaved_calls,
+    latency_stats,
+    peak_rss_of_inputs,
+    timed,
+)
 from optimize.progress import ProgressFn, no_progress
 from optimize.quantize import DynamicStage, apply_dynamic, convert_fp16
 from optimize.runtime import open_session, provider_of
@@ -279,22 +285,6 @@ def _gates(
     return judge_table(table, values)
 
 
-def _latencies(
-    run: Callable[[Feeds], object], sets: Sequence[Feeds], runs: int, progress: ProgressFn
-) -> list[float]:
-    import time
-
-    for feeds in sets[:2]:
-        run(feeds)
-    samples = []
-    for i in range(runs):
-        start = time.perf_counter()
-        run(sets[i % len(sets)])
-        samples.append(time.perf_counter() - start)
-        progress("latency", i + 1, runs)
-    return samples
-
-
 def _batchable(inputs: Sequence[TensorSpec]) -> bool:
     """Every input has a free first axis: sets can be stacked into a batch."""
     return all(s.shape and not isinstance(s.shape[0], int) for s in inputs)
@@ -312,15 +302,7 @@ def _throughput(
             for s in inputs
         }
         batch = next(iter(block.values())).shape[0]
-    run(block)
-    best = float("inf")
-    import time
-
-    for _ in range(3):
-        start = time.perf_counter()
-        run(block)
-        best = min(best, time.perf_counter() - start)
-    return Throughput(batch=batch, clips_per_s=batch / best)
+    return Throughput(batch=batch, clips_per_s=batch / fastest_call(run, block))
 
 
 def detect_precision(path: Path) -> Precision:
@@ -448,9 +430,12 @@ def _artifact(
 
     # the imported model against a second run of itself: what it does is what it did
     fidelity = compare(reference, _run_all(session, sets))
-    samples = _latencies(
-        run, sets, config.latency_runs, lambda s, d, t: progress(f"{label}: latency", d, t)
-    )
+    samples = interleaved_calls(
+        {label: run},
+        sets,
+        runs=config.latency_runs,
+        progress=lambda s, d, t: progress(f"{label}: latency", d, t),
+    )[label]
     progress(f"{label}: peak memory", 0, 0)
     rss = peak_rss_of_inputs(path, directory / EXAMPLES_FILE, threads=config.threads)
     overrides = {

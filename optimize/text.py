@@ -52,7 +52,7 @@ from optimize.manifest import (
     utc_now,
     write_manifest,
 )
-from optimize.measure import latency_stats, peak_rss_of_inputs, timed
+from optimize.measure import interleaved_calls, latency_stats, peak_rss_of_inputs, timed
 from optimize.progress import ProgressFn, no_progress
 from optimize.quantize import DynamicStage, apply_dynamic, convert_fp16
 from optimize.runtime import open_session, provider_of
@@ -755,21 +755,6 @@ def text_latencies(
     runs: int,
     progress: ProgressFn = no_progress,
 ) -> dict[str, list[float]]:
-    """Seconds per call at batch 1 of each runner, interleaved (rotating order)."""
-    import time
-
-    names = list(runners)
-    count = len(feeds["input_ids"])
-    rows = [{k: v[i : i + 1] for k, v in feeds.items()} for i in range(count)]
-    for name in names:
-        for row in rows[:2]:
-            runners[name](row)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(runs):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            runners[name](rows[r % count])
-            samples[name].append(time.perf_counter() - start)
-        progress("latency", r + 1, runs)
-    return samples
+    """Seconds per call at batch 1 (one row of ``feeds``) of each runner, interleaved."""
+    rows = [{k: v[i : i + 1] for k, v in feeds.items()} for i in range(len(feeds["input_ids"]))]
+    return interleaved_calls(runners, rows, runs=runs, progress=progress)
