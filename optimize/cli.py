@@ -108,6 +108,8 @@ def optimize(
     from optimize.text import is_text_model
 
     transformers_logging.disable_progress_bar()  # ours show the stages; its own add noise
+    if task not in (None, "embed", "classify"):
+        raise typer.BadParameter(f"--task {task!r}: use embed or classify")
     if is_text_model(model):
         _optimize_text(
             model,
@@ -122,6 +124,10 @@ def optimize(
             progress_lines,
         )
         return
+    if task == "embed":
+        raise typer.BadParameter(
+            f"--task embed: {model!r} is an audio classifier; --task embed is for text encoders"
+        )
     student = None
     if STUDENT in _split(variants):
         student = StudentRecipe(
@@ -183,8 +189,6 @@ def _optimize_text(
     from optimize.gates import parse_gate_overrides
     from optimize.text import GATE_NAMES, TextConfig, build_text_artifacts
 
-    if task not in (None, "embed", "classify"):
-        raise typer.BadParameter(f"--task {task!r}: use embed or classify")
     if STUDENT in _split(variants):
         raise typer.BadParameter("student-int8 is for audio models; text gets fp32, fp16, int8")
     config = TextConfig(

@@ -55,6 +55,14 @@ def test_help_lists_the_commands() -> None:
             ["optimize", "--model", "wav2vec2-tiny", "--output", "{tmp}/o", "--threads", "0"],
             "Error: invalid value for threads",
         ),
+        (
+            ["optimize", "--model", "wav2vec2-tiny", "--output", "{tmp}/o", "--task", "translate"],
+            "--task 'translate': use embed or classify",
+        ),
+        (
+            ["optimize", "--model", "wav2vec2-tiny", "--output", "{tmp}/o", "--task", "embed"],
+            "'wav2vec2-tiny' is an audio classifier",
+        ),
         (["bench", "--artifacts", "{tmp}/missing"], "Error: {tmp}/missing is not a directory"),
     ],
 )
@@ -62,6 +70,27 @@ def test_user_mistakes_get_one_error_line(args: list[str], message: str, tmp_pat
     done = sluiceway(*[a.format(tmp=tmp_path) for a in args])
     assert done.returncode != 0
     assert message.format(tmp=tmp_path) in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dim", "x"], "--dim 'x': use NAME=N with N >= 1"),
+        (["--dim", "nosuch=3"], "Error: --dim ['nosuch']: no such free dimension; the model has"),
+        (
+            ["--gate", "min_top1_agreement=0.9"],  # a classifier's gate: imports judge tensors
+            "Error: --gate 'min_top1_agreement=0.9': unknown gate 'min_top1_agreement'",
+        ),
+    ],
+)
+def test_import_mistakes_get_one_error_line(args: list[str], message: str, tmp_path: Path) -> None:
+    from tests.import_models import silero_vad
+
+    done = sluiceway("import", str(silero_vad()), "--output", str(tmp_path / "o"), *args)
+    assert done.returncode != 0
+    assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "o").exists()
 

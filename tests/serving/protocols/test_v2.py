@@ -19,6 +19,16 @@ from serving.protocols.v2 import (
 SIGNATURE = (TensorSpec("input_values", "FP32", (-1, -1)),)
 
 
+def _bytes_head(size: int) -> bytes:
+    """The JSON part of a request with one binary BYTES input of ``size`` bytes."""
+    item = {"name": "text", "shape": [1], "datatype": "BYTES"}
+    return json.dumps({"inputs": [item | {"parameters": {"binary_data_size": size}}]}).encode()
+
+
+def _bytes_body(data: bytes) -> bytes:
+    return _bytes_head(len(data)) + data
+
+
 def test_json_inputs() -> None:
     body = json.dumps(
         {
@@ -124,6 +134,19 @@ def test_binary_inputs_and_outputs_round_trip() -> None:
             b'"outputs": {"name": "y"}}',
             None,
             "outputs must be a list",
+        ),
+        *(
+            (_bytes_body(data), len(_bytes_head(len(data))), message)
+            for data, message in [
+                ((9).to_bytes(4, "little") + b"abc", "a BYTES element of 9 bytes overruns"),
+                (b"\x03\x00", "a BYTES element's 4-byte length is cut off"),
+                ((2).to_bytes(4, "little") + b"\xff\xfe", "BYTES element is not UTF-8 text"),
+            ]
+        ),
+        (
+            b'{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [7]}]}',
+            None,
+            "inputs[0].data must hold strings for BYTES",
         ),
     ],
 )
