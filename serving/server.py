@@ -46,6 +46,11 @@ RAY_ENV = {
     # second or two, and it retries refused connections. Every rollout step replaces the
     # ingress (its config changes), and would wait that long each time.
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
+    # HAProxy marks an ingress replica down on its first connection error instead of the
+    # third: each error is a client's failed request, so a killed ingress failed up to three
+    # requests sent after its death. A live one marked down by mistake is back after its
+    # next health check (about 0.5 s), the other ingresses serving meanwhile.
+    "RAY_SERVE_HAPROXY_OBSERVE_ERROR_LIMIT": "1",
     # Serve's own throughput mode: user code and the handle's router run on the replica's
     # event loop instead of two threads of their own (each request crossed between them
     # four times), gRPC between deployments, GC frozen after start-up.
