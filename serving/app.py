@@ -31,6 +31,7 @@ from ray.serve.context import _get_global_client
 from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import DeploymentStatus
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
@@ -231,9 +232,12 @@ def direct(handle: DeploymentHandle) -> DeploymentHandle:
     Serve's ``_by_reference=False`` sends a request straight to the replica's gRPC server
     and its answer straight back: a shorter hop than an actor task. A replica that dies
     answers UNAVAILABLE, which Serve raises as ``ActorUnavailableError``: the router fails
-    over as before.
+    over as before. Calls and replies are plain pickles (``serving.calls``' dataclasses and
+    arrays, all importable): Serve's default, cloudpickle, pickles each object in Python.
     """
-    return handle.options(_by_reference=False)
+    return handle.options(
+        _by_reference=False, request_serialization="pickle", response_serialization="pickle"
+    )
 
 
 @dataclass(frozen=True)
@@ -488,7 +492,13 @@ class Ingress:
         finally:
             self._bytes_in_flight -= tally.body_bytes
             tally.body_bytes = 0
-        self._count(tally, response.status_code, "ok", start)
+        code, seconds = response.status_code, self._seconds(tally, start)
+
+        async def count() -> None:
+            self._record(tally, code, "ok", seconds)
+
+        # Recorded once the response is written: the client does not wait on the metrics.
+        response.background = BackgroundTask(count)
         return response
 
     async def _begin(
@@ -523,11 +533,17 @@ class Ingress:
         return routed
 
     def _count(self, tally: Tally, code: int, reason: str, start: float) -> None:
-        tags = {"model": tally.model, "variant": tally.variant, "pool": tally.pool}
-        tags["code"] = str(code)
+        self._record(tally, code, reason, self._seconds(tally, start))
+
+    def _seconds(self, tally: Tally, start: float) -> float:
         seconds = time.perf_counter() - start
         if tally.model in self._routers:  # a 504's time is its deadline, not a little more
             seconds = min(seconds, self._routers[tally.model].config.limits.deadline_seconds)
+        return seconds
+
+    def _record(self, tally: Tally, code: int, reason: str, seconds: float) -> None:
+        tags = {"model": tally.model, "variant": tally.variant, "pool": tally.pool}
+        tags["code"] = str(code)
         self._metrics.request_duration.observe(seconds, tags=tags)
         self._metrics.requests.inc(tags=tags | {"reason": reason})
 

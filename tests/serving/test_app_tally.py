@@ -57,9 +57,26 @@ async def bug(tally: Tally, start: float) -> JSONResponse:
     raise KeyError("logits")
 
 
+async def written(response: Any) -> list[dict[str, Any]]:
+    """What the response sends, as the ingress's HTTP server would take it."""
+    messages: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+
+    await response({"type": "http"}, None, send)
+    return messages
+
+
 def test_success_error_and_bug_are_each_counted_once_with_code_and_reason() -> None:
     server = ingress()
-    assert asyncio.run(server._answer("m", ok)).status_code == 200
+    response = asyncio.run(server._answer("m", ok))
+    assert response.status_code == 200
+    assert server._metrics.requests.seen == []  # counted once written, off the client's time
+    assert [m["type"] for m in asyncio.run(written(response))] == [
+        "http.response.start",
+        "http.response.body",
+    ]
     with pytest.raises(BadRequest):
         asyncio.run(server._answer("m", refused))
     server._bytes_in_flight = 1234
