@@ -156,7 +156,18 @@ def wait_healthy(base: str, pools: int, deadline_s: float = 120.0) -> None:
     raise RuntimeError(f"the pools did not become healthy within {deadline_s:g} s")
 
 
-def overhead(base: str, model: Path, clip: np.ndarray, rounds: int) -> dict[str, float]:
+def median_interval(samples: Any, z: float = 1.96) -> tuple[float, float]:
+    """A distribution-free 95 % confidence interval of the median: the order statistics
+    ``z`` standard deviations of a binomial(n, 1/2) either side of the middle."""
+    ordered = np.sort(np.asarray(samples, dtype=float))
+    n = len(ordered)
+    half = z * np.sqrt(n) / 2
+    low = max(0, int(np.floor(n / 2 - half)))
+    high = min(n - 1, int(np.ceil(n / 2 + half)))
+    return float(ordered[low]), float(ordered[high])
+
+
+def overhead(base: str, model: Path, clip: np.ndarray, rounds: int) -> dict[str, Any]:
     """p50s of raw ONNX Runtime, Sluiceway, the no-op app and the relay, interleaved round
     by round. The relay goes twice a round: answered at once, and holding the call as long
     as Sluiceway's replica ran that round's request (the floor Sluiceway is measured on).
@@ -228,6 +239,7 @@ def overhead(base: str, model: Path, clip: np.ndarray, rounds: int) -> dict[str,
         # Both outside the model's time: Sluiceway's outside its replica's span, the relay's
         # outside the time its no-op model held the call.
         "over_relay": float(np.median(outside - np.asarray(held))),
+        "over_relay_interval": median_interval(outside - np.asarray(held)),
         "over_instant_relay": float(np.median(outside - np.asarray(relay))),
         "holding": float(np.median(np.subtract(held, relay))),
         "proxy_hop": float(np.median(np.subtract(ours, spans["ingress"]))),
