@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from serving.server import RAY_ENV
@@ -113,15 +114,29 @@ class TwoNodes:
 
     def kill_worker(self) -> None:
         assert self.worker is not None
-        os.killpg(self.worker.pid, signal.SIGKILL)
-        self.worker.wait(timeout=30)
+        _kill_node(self.worker)
 
     def stop(self) -> None:
         for node in (self.worker, self.head):
             if node is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(node.pid, signal.SIGKILL)
+                _kill_node(node)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _kill_node(node: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a node: its process group, and every process it started in a group of its
+    own (Serve's HAProxy outlived the group alone, one orphan per run)."""
+    try:
+        started = psutil.Process(node.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        started = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(node.pid, signal.SIGKILL)
+    for process in started:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    node.wait(timeout=30)
+    psutil.wait_procs(started, timeout=30)
 
 
 @pytest.fixture()
