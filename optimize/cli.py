@@ -13,6 +13,7 @@ stays importable where only serving is installed.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -27,6 +28,13 @@ def _split(value: str) -> list[str]:
 
 
 STUDENT = "student-int8"
+
+
+class Task(StrEnum):
+    """What a text model's artifacts do (audio models are classifiers whatever it says)."""
+
+    EMBED = "embed"
+    CLASSIFY = "classify"
 
 
 def _precisions(value: str) -> tuple[Precision, ...]:
@@ -83,7 +91,7 @@ def optimize(
     student_conv_keep: float = typer.Option(
         0.25, help="student-int8: share of conv front-end channels kept."
     ),
-    task: str | None = typer.Option(
+    task: Task | None = typer.Option(
         None,
         help="Text models: embed, or classify (a sequence classifier's own head; on an "
         "embedding model, a head fitted on the built-in labelled sentences).",
@@ -108,14 +116,12 @@ def optimize(
     from optimize.text import is_text_model
 
     transformers_logging.disable_progress_bar()  # ours show the stages; its own add noise
-    if task not in (None, "embed", "classify"):
-        raise typer.BadParameter(f"--task {task!r}: use embed or classify")
     if is_text_model(model):
         _optimize_text(
             model,
             output,
             variants,
-            task,
+            task.value if task else None,
             threads,
             latency_runs,
             gate,
@@ -124,7 +130,7 @@ def optimize(
             progress_lines,
         )
         return
-    if task == "embed":
+    if task is Task.EMBED:
         raise typer.BadParameter(
             f"--task embed: {model!r} is an audio classifier; --task embed is for text encoders"
         )

@@ -57,7 +57,7 @@ def test_help_lists_the_commands() -> None:
         ),
         (
             ["optimize", "--model", "wav2vec2-tiny", "--output", "{tmp}/o", "--task", "translate"],
-            "--task 'translate': use embed or classify",
+            "Invalid value for '--task'",
         ),
         (
             ["optimize", "--model", "wav2vec2-tiny", "--output", "{tmp}/o", "--task", "embed"],
