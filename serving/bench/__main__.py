@@ -38,7 +38,7 @@ import psutil
 import soundfile
 
 from optimize.manifest import MODEL_FILE
-from serving.bench.load import Outcomes, closed_loop, open_loop
+from serving.bench.load import Control, Outcomes, closed_loop, open_loop
 from serving.bench.overhead import (
     OVERHEAD_GOAL_S,
     SHED_GOAL_S,
@@ -282,7 +282,7 @@ def litserve(artifact_dir: Path, port: int, threads: int) -> Iterator[str]:
 
 
 def sweep_steps(
-    send: Any, seconds: float, probes: dict[str, Any] | None = None
+    send: Any, seconds: float, probes: dict[str, Control] | None = None
 ) -> list[tuple[int, bool, Outcomes]]:
     """1-16 clients ignoring Retry-After, 16 honouring it, then 32 ignoring it (with
     ``probes`` beside them)."""
@@ -340,7 +340,10 @@ def section_sweep(
             headers={"content-type": "audio/wav"},
         )
 
-    controls = {"haproxy": haproxy_answer, "ingress_404": ingress_answer}
+    controls = {
+        "haproxy": Control(haproxy_answer, 200),
+        "ingress_404": Control(ingress_answer, 404),
+    }
     results: dict[str, list[tuple[int, bool, Outcomes]]] = {
         "sluiceway": sweep_steps(ours, seconds, controls)
     }
@@ -419,7 +422,11 @@ def summary(o: Outcomes, slo: float) -> dict[str, Any]:
         if o.refused_in_ingress
         else None,
         "controls": {
-            name: {"p50_ms": o.quantile(v, 50) * 1e3, "p99_ms": o.quantile(v, 99) * 1e3}
+            name: {
+                "p50_ms": o.quantile(v, 50) * 1e3,
+                "p99_ms": o.quantile(v, 99) * 1e3,
+                "answered_otherwise": o.probe_misses.get(name, 0),
+            }
             for name, v in o.probes.items()
             if v
         },
@@ -478,6 +485,11 @@ def goals(table: list[dict[str, Any]], slo: float) -> dict[str, Any]:
                 "the same step's controls, one every 50 ms from the same client, p50 / p99: "
                 + "; ".join(
                     f"{CONTROL_NAMES.get(name, name)} {c['p50_ms']:.1f} / {c['p99_ms']:.1f} ms"
+                    + (
+                        f" ({c['answered_otherwise']} answered otherwise, left out)"
+                        if c.get("answered_otherwise")
+                        else ""
+                    )
                     for name, c in controls.items()
                 )
             )

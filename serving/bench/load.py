@@ -7,7 +7,6 @@ loops do; with ``honour_retry_after`` a refused client first waits what ``Retry-
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +16,15 @@ import httpx
 import numpy as np
 
 Send = Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]
+
+
+@dataclass(frozen=True)
+class Control:
+    """A control request sent beside the load, and the status it must get to count: an
+    error answered instead would be quoted as the path's floor."""
+
+    send: Send
+    status: int
 
 
 @dataclass
@@ -29,7 +37,8 @@ class Outcomes:
     refused_in_ingress: list[float] = field(default_factory=list)  # their Server-Timing
     other: dict[int, int] = field(default_factory=dict)  # other codes (-1: transport error)
     by_pool: dict[str, int] = field(default_factory=dict)
-    probes: dict[str, list[float]] = field(default_factory=dict)  # control requests' latencies
+    probes: dict[str, list[float]] = field(default_factory=dict)  # controls' latencies
+    probe_misses: dict[str, int] = field(default_factory=dict)  # controls answered otherwise
 
     def record(self, response: httpx.Response | None, latency: float) -> None:
         if response is None:
@@ -65,13 +74,14 @@ async def closed_loop(
     seconds: float,
     honour_retry_after: bool,
     warmup_s: float = 1.0,
-    probes: dict[str, Send] | None = None,
+    probes: dict[str, Control] | None = None,
     probe_every_s: float = 0.05,
 ) -> Outcomes:
     """``clients`` loops for ``warmup_s`` (not counted) then ``seconds`` (counted).
 
     ``probes``: control requests, each sent every ``probe_every_s`` from the same event loop
-    while the clients run, their latencies kept by name (whatever their status).
+    while the clients run, their latencies kept by name when they got the status they
+    expect (the others, and transport errors, counted in ``probe_misses``).
     """
     probes = probes or {}
     room = clients + len(probes) + 4
@@ -93,13 +103,18 @@ async def closed_loop(
                 if honour_retry_after and response is not None and response.status_code == 503:
                     await asyncio.sleep(float(response.headers.get("retry-after", "1")))
 
-        async def one_probe(name: str, probe: Send) -> None:
+        async def one_probe(name: str, probe: Control) -> None:
             times = outcomes.probes.setdefault(name, [])
+            outcomes.probe_misses[name] = 0
             while (now := time.perf_counter()) < end:
-                with contextlib.suppress(httpx.TransportError):
-                    await probe(client)
-                    if now >= begin:
-                        times.append(time.perf_counter() - now)
+                try:
+                    status: int | None = (await probe.send(client)).status_code
+                except httpx.TransportError:
+                    status = None
+                if now >= begin and status == probe.status:
+                    times.append(time.perf_counter() - now)
+                elif now >= begin:
+                    outcomes.probe_misses[name] += 1
                 await asyncio.sleep(probe_every_s)
 
         await asyncio.gather(
