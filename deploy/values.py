@@ -33,7 +33,12 @@ from optimize.manifest import (
     read_manifest,
     verify_artifact,
 )
-from serving.config import BatchingConfig, ServingConfig, parse_config
+from serving.config import (
+    BatchingConfig,
+    ServingConfig,
+    config_from_application,
+    parse_config,
+)
 from serving.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -465,6 +470,6 @@ def _check_rendered(rendered: str, chart: Path) -> None:
         raise InvalidValues(f"{chart} rendered {len(services)} RayService objects, not 1")
     serve_config = yaml.safe_load(services[0]["spec"]["serveConfigV2"])
     try:
-        parse_config(serve_config["applications"][0]["args"], "rendered serveConfigV2 args")
+        config_from_application(serve_config["applications"][0], "rendered serveConfigV2")
     except ConfigError as exc:
         raise InvalidValues(f"{exc}; the chart's defaults and these values disagree") from exc

@@ -39,9 +39,16 @@ from optimize.manifest import InputSpec, Manifest, TensorsSpec, TextSpec
 from optimize.manifest import TensorSpec as ManifestTensor
 from serving.audio_decode import decode_audio
 from serving.auth import read_token
-from serving.config import ServingConfig, replica_deployment_name
+from serving.config import (
+    INGRESS_NAME,
+    ServingConfig,
+    ServingShape,
+    replica_deployment_name,
+    with_variants,
+)
 from serving.errors import (
     BadRequest,
+    ConfigError,
     DeadlineExceeded,
     PayloadTooLarge,
     PoolSaturated,
@@ -89,6 +96,12 @@ INLINE_DECODE_BYTES = 512 * 1024
 # How often the ingress looks for stalled replicas, at most (a quarter of the stall bound
 # when that is shorter): a hung replica's requests go elsewhere soon after the bound.
 STALL_CHECK_SECONDS = 0.25
+# A rollout step's new variants are split to once every replica serves them, or after this
+# long (a GPU replica loading a large canary included).
+VARIANT_WAIT_S = 120.0
+VARIANT_POLL_S = 0.5
+# Replica states in Serve's details: serving, or being reconfigured in place (and serving).
+SERVING_STATES = frozenset({"RUNNING", "UPDATING"})
 
 # The inference routes (path -> the Ingress method): answered before FastAPI's routing.
 INFER_PATH = "/v2/models/{model}/infer"
@@ -265,6 +278,15 @@ def deployment_states(app: str) -> dict[str, DeploymentState]:
     }
 
 
+def serving_replicas(app: str) -> dict[str, tuple[str, ...]]:
+    """Each deployment's replicas that serve or are being reconfigured in place."""
+    details = _get_global_client().get_serve_details()
+    return {
+        name: tuple(r["replica_id"] for r in d["replicas"] if r["state"] in SERVING_STATES)
+        for name, d in details["applications"][app]["deployments"].items()
+    }
+
+
 def _ingress_timing(start: float) -> str:
     """``Server-Timing`` of a request the ingress answered without a result (shed, 504)."""
     return f"ingress;dur={(time.perf_counter() - start) * 1e3:.1f}"
@@ -315,44 +337,120 @@ def _route_headers(routed: Routed, start: float, ingress: str) -> dict[str, str]
     }
 
 
-@serve.deployment(name="ingress")
+@serve.deployment(name=INGRESS_NAME)
 @serve.ingress(api)
 class Ingress:
     """Routes requests to the (model, pool) deployments."""
 
     def __init__(
-        self, config: dict[str, Any], handles: dict[str, dict[str, DeploymentHandle]]
+        self, shape: dict[str, Any], handles: dict[str, dict[str, DeploymentHandle]]
     ) -> None:
-        self._config = ServingConfig.model_validate(config)
+        """``shape``: the serving config without its variants; they come with
+        ``reconfigure`` (Serve calls it before the first request, and at each rollout
+        step, without restarting this replica)."""
+        self._shape = ServingShape.model_validate(shape)
         self._id: str = serve.get_replica_context().replica_id.unique_id
-        self._token = read_token(self._config)
+        self._token = read_token(self._shape)
         self._metrics = IngressMetrics.create()
         from sluiceway import __version__
 
         build = {"version": __version__}
         self._metrics.build_info.set(1, tags=build)
         refresh_forever(lambda: self._metrics.build_info.set(1, tags=build), "build-info")
-        self._routers = {
-            name: ModelRouter(
-                name,
-                model,
-                self._config.pools,
-                {pool: direct(handle) for pool, handle in handles[name].items()},
-                self._metrics,
-            )
-            for name, model in self._config.models.items()
+        self._handles = {
+            name: {pool: direct(handle) for pool, handle in pools.items()}
+            for name, pools in handles.items()
         }
-        # Manifests are small JSON files beside the artifacts: labels, rate, input names
-        # (checked against the config's sha256; an http(s) artifact's manifest alone).
-        self._manifests: dict[str, dict[str, Manifest]] = {
-            name: {
-                variant: artifact_manifest(v.artifacts[model.routing.pools[0]])
-                for variant, v in model.variants.items()
-            }
-            for name, model in self._config.models.items()
-        }
+        self._config: ServingConfig | None = None
+        self._routers: dict[str, ModelRouter] = {}
+        self._manifests: dict[str, dict[str, Manifest]] = {}
         self._bytes_in_flight = 0  # request bodies held by this replica's handlers
         self._watcher: asyncio.Task[None] | None = None
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve ``user_config["variants"]`` (model -> variant -> weight and artifacts): a
+        rollout step. Routers keep their pools' state; only the split changes.
+
+        A step that cannot be applied (a manifest that cannot be read) leaves the variants
+        as they were, logged: raising here would make Serve stop this replica."""
+        try:
+            config = with_variants(
+                self._shape.model_dump(mode="json"), user_config.get("variants", {}), "user_config"
+            )
+            # Manifests are small JSON files beside the artifacts: labels, rate, input names
+            # (checked against the config's sha256; an http(s) artifact's manifest alone).
+            manifests = await asyncio.to_thread(
+                lambda: {
+                    name: {
+                        variant: artifact_manifest(v.artifacts[model.routing.pools[0]])
+                        for variant, v in model.variants.items()
+                    }
+                    for name, model in config.models.items()
+                }
+            )
+        except ServingError as exc:
+            if self._config is None:
+                raise
+            logger.error("new variants NOT applied, the previous ones serve: %s", exc.detail)
+            return
+        for name, model in config.models.items():
+            if name in self._routers:
+                added = set(model.variants) - set(self._routers[name].config.variants)
+                if added:
+                    await self._wait_loaded(name, model.routing.pools, added)
+                self._routers[name].update(model)
+            else:
+                self._routers[name] = ModelRouter(
+                    name, model, config.pools, self._handles[name], self._metrics
+                )
+            # a request that chose a variant now gone still finds its manifest
+            self._manifests[name] = self._manifests.get(name, {}) | manifests[name]
+        self._config = config
+
+    async def _wait_loaded(self, model: str, pools: list[str], variants: set[str]) -> None:
+        """Until every replica of ``model``'s pools serves ``variants``: Serve reconfigures
+        the pools and the ingresses at the same time, and a request split to a variant its
+        replica has not loaded yet would fail. After ``VARIANT_WAIT_S`` they are split
+        anyway (a replica that cannot load one answers 'not loaded' and the request fails
+        over to another pool, as for a corrupt upload)."""
+        deadline = time.monotonic() + VARIANT_WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                replicas = await asyncio.to_thread(serving_replicas, APP_NAME)
+            except (KeyError, RayServeException, RayError):
+                replicas = {}
+            pinned = [
+                (replica, self._handles[model][pool].loaded.remote(replica=replica))
+                for pool in pools
+                for replica in replicas.get(replica_deployment_name(model, pool), ())
+            ]
+            answers = await asyncio.gather(
+                *(asyncio.wait_for(call, VARIANT_POLL_S * 4) for _, call in pinned),
+                return_exceptions=True,
+            )
+            if all(
+                not isinstance(answer, BaseException)
+                and answer[0] == replica
+                and variants <= set(answer[1])
+                for (replica, _), answer in zip(pinned, answers, strict=True)
+            ):
+                return
+            await asyncio.sleep(VARIANT_POLL_S)
+        logger.warning(
+            "%s: variants %s not loaded on every replica after %g s; splitting to them anyway",
+            model,
+            sorted(variants),
+            VARIANT_WAIT_S,
+        )
+
+    def check_health(self) -> None:
+        """Serve's health check: an ingress that was given no variants serves nothing."""
+        if self._config is None:
+            raise ConfigError(
+                "the ingress was given no variants; they come as its user_config "
+                "(serveConfigV2 'deployments', as the chart renders them, or "
+                "serving.server.application_config)"
+            )
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -399,7 +497,7 @@ class Ingress:
         """Follow Serve's replica states, take stalled replicas out, probe what failed."""
         tick = min(
             [STALL_CHECK_SECONDS]
-            + [m.routing.stall_seconds / 4 for m in self._config.models.values()]
+            + [m.routing.stall_seconds / 4 for m in self._shape.models.values()]
         )
         polled = probed = -float("inf")
         while True:
@@ -411,7 +509,7 @@ class Ingress:
             for router in self._routers.values():
                 router.check_stalls()
             if now - probed >= min(
-                m.routing.health_check_seconds for m in self._config.models.values()
+                m.routing.health_check_seconds for m in self._shape.models.values()
             ):
                 probed = now
                 await self._probe()
@@ -456,7 +554,7 @@ class Ingress:
 
     def _hold_bytes(self, tally: Tally, size: int, router: ModelRouter) -> None:
         extra = size - tally.body_bytes
-        bound = self._config.ingress.max_body_bytes_in_flight
+        bound = self._shape.ingress.max_body_bytes_in_flight
         if extra > 0 and self._bytes_in_flight + extra > bound and self._bytes_in_flight:
             retry = router.config.routing.retry_after_seconds
             raise PoolSaturated(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 
-from serving.config import ServingConfig
+from serving.config import ServingShape
 from serving.errors import ConfigError
 
 
-def read_token(config: ServingConfig) -> str | None:
+def read_token(config: ServingShape) -> str | None:
     """The token (environment variable first, then file); None when auth is off.
 
     An empty or whitespace-only token is refused: compared with an empty bearer, it would

@@ -185,21 +185,30 @@ class LimitsConfig(_Frozen):
     deadline_seconds: float = Field(10.0, gt=0)
 
 
-class ModelConfig(_Frozen):
-    """A served model: its variants, routing and limits."""
+class ModelShape(_Frozen):
+    """A served model without its variants: how its requests are routed and limited."""
 
-    variants: dict[Name, VariantConfig] = Field(min_length=1)
     routing: RoutingConfig
     limits: LimitsConfig = LimitsConfig()
 
     @model_validator(mode="after")
-    def _consistent(self) -> ModelConfig:
+    def _stall_within_deadline(self) -> ModelShape:
         if self.routing.stall_seconds >= self.limits.deadline_seconds:
             raise ValueError(
                 f"routing.stall_seconds ({self.routing.stall_seconds:g}) must be below "
                 f"limits.deadline_seconds ({self.limits.deadline_seconds:g}): a stalled "
                 "replica's requests are retried elsewhere within their deadline"
             )
+        return self
+
+
+class ModelConfig(ModelShape):
+    """A served model: its variants, routing and limits."""
+
+    variants: dict[Name, VariantConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
         total = sum(v.weight for v in self.variants.values())
         if total != 100:
             weights = {name: v.weight for name, v in self.variants.items()}
@@ -257,10 +266,12 @@ class MetricsConfig(_Frozen):
     export_port: int = Field(8080, ge=1, le=65535, description="Ray metrics port on every node")
 
 
-class ServingConfig(_Frozen):
-    """The whole serving application."""
+class ServingShape(_Frozen):
+    """The serving application without its variants: which deployments exist and how Ray
+    places them. Serve restarts every replica when this changes; a change of variants
+    (weights, artifacts: a rollout step) reconfigures the running replicas in place."""
 
-    models: dict[Name, ModelConfig] = Field(min_length=1)
+    models: dict[Name, ModelShape] = Field(min_length=1)
     pools: dict[Name, PoolConfig] = Field(min_length=1)
     ingress: IngressConfig = IngressConfig()
     http: HttpConfig = HttpConfig()
@@ -268,7 +279,7 @@ class ServingConfig(_Frozen):
     metrics: MetricsConfig = MetricsConfig()
 
     @model_validator(mode="after")
-    def _pools_exist(self) -> ServingConfig:
+    def _pools_exist(self) -> ServingShape:
         for name, model in self.models.items():
             unknown = [p for p in model.routing.pools if p not in self.pools]
             if unknown:
@@ -277,6 +288,72 @@ class ServingConfig(_Frozen):
                     f"defined pools: {sorted(self.pools)}"
                 )
         return self
+
+
+class ServingConfig(ServingShape):
+    """The whole serving application."""
+
+    models: dict[Name, ModelConfig] = Field(min_length=1)  # type: ignore[assignment]
+
+    def shape(self) -> dict[str, Any]:
+        """This config without its variants, as JSON (the application's ``args``)."""
+        data = self.model_dump(mode="json")
+        for model in data["models"].values():
+            del model["variants"]
+        return data
+
+    def variants(self) -> dict[str, dict[str, Any]]:
+        """Every model's variants, as JSON (the ingress's ``user_config``)."""
+        return {
+            name: {v: c.model_dump(mode="json") for v, c in model.variants.items()}
+            for name, model in self.models.items()
+        }
+
+    def pool_artifacts(self, model: str, pool: str) -> dict[str, dict[str, str]]:
+        """The artifact of each variant of ``model`` on ``pool``, as JSON (that replica
+        deployment's ``user_config``)."""
+        return {
+            variant: config.artifacts[pool].model_dump(mode="json")
+            for variant, config in self.models[model].variants.items()
+        }
+
+
+def with_variants(shape: dict[str, Any], variants: dict[str, Any], origin: str) -> ServingConfig:
+    """The whole config from an application's ``args`` (its shape) and its variants."""
+    data = dict(shape)
+    data["models"] = {
+        name: {**model, "variants": variants.get(name, {})}
+        for name, model in dict(shape.get("models", {})).items()
+    }
+    return parse_config(data, origin)
+
+
+INGRESS_NAME = "ingress"  # the ingress deployment's name (serving.app)
+
+
+def config_from_application(app: dict[str, Any], origin: str) -> ServingConfig:
+    """The serving config a Serve application (serveConfigV2's, or
+    ``serving.server.application_config``'s) deploys: its ``args`` and the ingress's
+    variants, once every replica deployment's ``user_config`` is checked to carry its share
+    of them."""
+    given = {d.get("name"): d.get("user_config") or {} for d in app.get("deployments") or []}
+    if INGRESS_NAME not in given:
+        raise ConfigError(f"{origin}: no user_config for the {INGRESS_NAME!r} deployment")
+    config = with_variants(app.get("args") or {}, given[INGRESS_NAME].get("variants", {}), origin)
+    for model, spec in config.models.items():
+        for pool in spec.routing.pools:
+            name = replica_deployment_name(model, pool)
+            raw = given.get(name, {}).get("artifacts")
+            try:
+                refs = {v: ArtifactRef.model_validate(r) for v, r in dict(raw or {}).items()}
+            except (ValidationError, TypeError, ValueError) as exc:
+                raise ConfigError(f"{origin}: deployment {name!r}: {exc}") from exc
+            if refs != {v: c.artifacts[pool] for v, c in spec.variants.items()}:
+                raise ConfigError(
+                    f"{origin}: deployment {name!r} is given artifacts {raw!r}, not those of "
+                    f"the variants of {model!r} on pool {pool!r}"
+                )
+    return config
 
 
 def replica_deployment_name(model: str, pool: str) -> str:

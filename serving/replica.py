@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+from pydantic import ValidationError
 from ray import serve
 
 from optimize.errors import OptimizeError
@@ -186,6 +187,9 @@ MODEL_FAILURES: tuple[type[Exception], ...] = (
 # Runtime cannot open, a device that is not there.
 LOAD_FAILURES: tuple[type[Exception], ...] = (ServingError, OptimizeError, *MODEL_FAILURES)
 RELOAD_S = 5.0  # how often a replica tries again to load a variant that failed
+# A variant a new config drops serves this much longer: the ingresses, reconfigured at the
+# same time, may still send it requests until they have taken the same config in.
+UNLOAD_GRACE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -329,8 +333,9 @@ class ModelReplica:
         model: str,
         pool: str,
         pool_config: dict[str, Any],
-        artifacts: dict[str, dict[str, str]],
     ) -> None:
+        """The variants come with ``reconfigure`` (Serve calls it before the first request,
+        and again whenever they change)."""
         self._model, self._pool = model, pool
         self._config = PoolConfig.model_validate(pool_config)
         self._metrics = ReplicaMetrics.create()
@@ -340,15 +345,10 @@ class ModelReplica:
         # their priority.
         self._executor = inference_executor(pool, self._config)
         self._not_loaded: dict[str, str] = {}  # variant -> why its artifact did not load
-        self._artifacts = artifacts
+        self._artifacts: dict[str, dict[str, str]] = {}
+        self._retiring: dict[str, float] = {}  # variant dropped -> when it is unloaded
+        self._retired_artifacts: dict[str, dict[str, str]] = {}
         self._load_lock = threading.Lock()
-        for name in artifacts:
-            self._load(name)
-        if not self._variants:
-            raise ConfigError(
-                f"{model} on pool {pool}: no variant could be loaded: "
-                + "; ".join(f"{n}: {why}" for n, why in self._not_loaded.items())
-            )
         self._id: str = serve.get_replica_context().replica_id.unique_id
         self._tags = {"model": model, "pool": pool}
         batching = self._config.batching
@@ -369,6 +369,63 @@ class ModelReplica:
         self._report_gauges()
         refresh_forever(self._report_gauges, f"{model}-{pool} gauges")
         refresh_forever(self._load_again, f"{model}-{pool} variant loads", every_s=RELOAD_S)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve the variants ``user_config["artifacts"]`` names (variant -> artifact): load
+        the new and changed ones beside those serving, then swap; drop the ones gone. A
+        changed artifact that fails to load leaves the old one serving."""
+        try:
+            wanted = {
+                name: ArtifactRef.model_validate(raw).model_dump(mode="json")
+                for name, raw in user_config["artifacts"].items()
+            }
+        except (KeyError, TypeError, AttributeError, ValidationError) as exc:
+            raise ConfigError(
+                f"{self._model} on pool {self._pool}: user_config must be "
+                f"{{'artifacts': {{variant: {{uri, sha256}}}}}}, got {user_config!r} ({exc})"
+            ) from exc
+        await asyncio.to_thread(self._apply, wanted)
+        if not self._variants:
+            raise ConfigError(
+                f"{self._model} on pool {self._pool}: no variant could be loaded: "
+                + "; ".join(f"{n}: {why}" for n, why in self._not_loaded.items())
+            )
+
+    def _apply(self, wanted: dict[str, dict[str, str]]) -> None:
+        with self._load_lock:
+            previous = self._artifacts | self._retired_artifacts
+            changed = [n for n, raw in wanted.items() if previous.get(n) != raw]
+            for name in wanted:  # back before it was unloaded
+                self._retiring.pop(name, None)
+                self._retired_artifacts.pop(name, None)
+            for name in set(self._artifacts) - set(wanted):
+                self._retiring[name] = time.monotonic() + UNLOAD_GRACE_S
+                self._retired_artifacts[name] = self._artifacts[name]
+                self._not_loaded.pop(name, None)
+            self._artifacts = dict(wanted)
+            for name in changed:
+                if not self._load(name) and name in self._variants:
+                    # the old artifact keeps serving; the next deploy brings it back in line
+                    self._artifacts[name] = previous[name]
+                    self._not_loaded.pop(name, None)
+
+    def _unload_retired(self) -> None:
+        """Drop the variants whose grace after a config dropped them has passed."""
+        now = time.monotonic()
+        for name, when in list(self._retiring.items()):
+            if when <= now and name not in self._artifacts:
+                del self._retiring[name]
+                self._retired_artifacts.pop(name, None)
+                self._variants.pop(name, None)
+                self._load_seconds.pop(name, None)
+                tags = {"model": self._model, "variant": name, "pool": self._pool}
+                self._metrics.loaded.set(0, tags=tags)
+                logger.info("%s/%s on %s: unloaded", self._model, name, self._pool)
+
+    def loaded(self, replica: str | None = None) -> tuple[str, list[str]]:
+        """This replica's id and the variants it serves now (``replica``: the ingress's
+        pin); the ingress waits for a new variant here before it sends it any request."""
+        return self._id, sorted(self._variants)
 
     def _load(self, name: str) -> bool:
         """Verify, load and warm up one variant; on failure, record why and go on (one bad
@@ -406,22 +463,24 @@ class ModelReplica:
         return True
 
     def _load_again(self) -> None:
-        """Try the variants that failed to load again (the artifact may have been fixed)."""
+        """Try the variants that failed to load again (the artifact may have been fixed);
+        unload those dropped a grace period ago."""
         with self._load_lock:
             for name in list(self._not_loaded):
                 self._load(name)
+            self._unload_retired()
 
     def _report_gauges(self) -> None:
         """Load time, RSS, its limit and GPU memory of every variant."""
         rss, limit = float(rss_bytes()), float(memory_limit_bytes())
         gpu = float(gpu_memory_bytes()) if self._config.device == "cuda" else 0.0
-        for name in self._not_loaded:
+        for name in list(self._not_loaded):  # copies: a reconfigure may change them meanwhile
             tags = {"model": self._model, "variant": name, "pool": self._pool}
             self._metrics.loaded.set(0, tags=tags)
-        for name in self._variants:
+        for name in list(self._variants):
             tags = {"model": self._model, "variant": name, "pool": self._pool}
             self._metrics.loaded.set(1, tags=tags)
-            self._metrics.load_seconds.set(self._load_seconds[name], tags=tags)
+            self._metrics.load_seconds.set(self._load_seconds.get(name, 0.0), tags=tags)
             self._metrics.memory.set(rss, tags=tags)
             self._metrics.memory_limit.set(limit, tags=tags)
             self._metrics.gpu_memory.set(gpu, tags=tags)
@@ -444,6 +503,15 @@ class ModelReplica:
             for name, v in self._variants.items()
         }
 
+    def check_health(self) -> None:
+        """Serve's health check: a replica that was given no variants serves nothing."""
+        if not self._artifacts:
+            raise ConfigError(
+                f"{self._model} on pool {self._pool}: no variants given; they come as this "
+                "deployment's user_config (serveConfigV2 'deployments', as the chart renders "
+                "them, or serving.server.application_config)"
+            )
+
     def health(self, replica: str | None = None) -> str:
         """This replica's id: the router's recovery probe checks who answered."""
         return self._id
@@ -461,7 +529,7 @@ class ModelReplica:
 
     def _checked(self, job: Job) -> Outcome | None:
         """The job's outcome when it cannot run (unknown variant, inputs that do not fit)."""
-        if job.variant in self._not_loaded:
+        if job.variant in self._not_loaded and job.variant not in self._variants:
             why = self._not_loaded[job.variant]
             detail = f"variant {job.variant!r} is not loaded on pool {self._pool!r}: {why}"
             return Outcome(Status.NOT_LOADED, detail=detail)

@@ -5,19 +5,38 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
+import uuid
 from collections import defaultdict
 from typing import Any
 
 import ray
 from ray import serve
+from ray.serve.context import _get_global_client  # what `serve run CONFIG` deploys with
 from ray.serve.deployment import Application
+from ray.serve.schema import ServeDeploySchema
 
 from serving.app import APP_NAME, Ingress
 from serving.auth import read_token
-from serving.config import PoolConfig, ServingConfig, replica_deployment_name
+from serving.config import (
+    INGRESS_NAME,
+    PoolConfig,
+    ServingConfig,
+    ServingShape,
+    replica_deployment_name,
+)
+from serving.errors import ConfigError
 from serving.replica import ModelReplica
 
 logger = logging.getLogger(__name__)
+
+# What KubeRay imports (the chart's serveConfigV2), and `deploy` here too.
+ENTRYPOINT = "serving.entrypoint:app"
+# A deploy waits this long for every replica to run (loading a large model included).
+DEPLOY_TIMEOUT_S = 900.0
+DEPLOY_POLL_S = 0.5
+FAILED_POLLS = 3
+DEPLOY_ID = "deploy_id"  # in every user_config `deploy` applies; the replicas ignore it
 
 # Ray settings every process of the cluster must see (environment variables, inherited by
 # the processes of a cluster this process starts; the Helm chart sets the same on its pods).
@@ -126,27 +145,75 @@ def _replica_options(name: str, pool: PoolConfig) -> dict[str, Any]:
 
 
 def build_app(config: ServingConfig) -> Application:
-    """The ingress bound to one replica deployment per (model, pool)."""
+    """The ingress bound to one replica deployment per (model, pool), each given its part
+    of the variants as ``user_config`` (for ``serve.run``; `deploy` applies the same
+    through Serve's config, where a change of variants restarts nothing)."""
+    return build_shape(ServingShape.model_validate(config.shape()), config)
+
+
+def build_shape(shape: ServingShape, config: ServingConfig | None = None) -> Application:
+    """The deployments ``shape`` makes; with ``config``, their ``user_config`` too (else
+    Serve's config brings it: the ``deployments`` of `application_config`)."""
     replica = serve.deployment(ModelReplica)
     handles: dict[str, dict[str, Any]] = defaultdict(dict)
-    for model_name, model in config.models.items():
+    for model_name, model in shape.models.items():
         for pool_name in model.routing.pools:
-            pool = config.pools[pool_name]
-            artifacts = {
-                variant: v.artifacts[pool_name].model_dump(mode="json")
-                for variant, v in model.variants.items()
-            }
-            handles[model_name][pool_name] = replica.options(
-                **_replica_options(replica_deployment_name(model_name, pool_name), pool)
-            ).bind(model_name, pool_name, pool.model_dump(mode="json"), artifacts)
+            pool = shape.pools[pool_name]
+            options = _replica_options(replica_deployment_name(model_name, pool_name), pool)
+            if config is not None:
+                options["user_config"] = replica_user_config(config, model_name, pool_name)
+            handles[model_name][pool_name] = replica.options(**options).bind(
+                model_name, pool_name, pool.model_dump(mode="json")
+            )
     ingress: Any = Ingress  # a Serve deployment; Ray's decorators are untyped here
-    application: Application = ingress.options(**_ingress_options(config)).bind(
-        config.model_dump(mode="json"), dict(handles)
+    options = _ingress_options(shape)
+    if config is not None:
+        options["user_config"] = ingress_user_config(config)
+    application: Application = ingress.options(**options).bind(
+        shape.model_dump(mode="json"), dict(handles)
     )
     return application
 
 
-def _ingress_options(config: ServingConfig) -> dict[str, Any]:
+def ingress_user_config(config: ServingConfig) -> dict[str, Any]:
+    return {"variants": config.variants()}
+
+
+def replica_user_config(config: ServingConfig, model: str, pool: str) -> dict[str, Any]:
+    return {"artifacts": config.pool_artifacts(model, pool)}
+
+
+def application_config(config: ServingConfig, deploy_id: str | None = None) -> dict[str, Any]:
+    """``config`` as an application of Serve's config (the chart's ``serveConfigV2``): its
+    shape as ``args``, its variants as the deployments' ``user_config``. Serve restarts
+    the replicas when ``args`` change and reconfigures them in place when only a
+    ``user_config`` does: a rollout step (weights, a canary's artifact) restarts nothing.
+    ``deploy_id`` marks each ``user_config`` so that `deploy` sees when Serve took it in.
+    """
+    mark = {} if deploy_id is None else {DEPLOY_ID: deploy_id}
+    return {
+        "name": APP_NAME,
+        "route_prefix": "/",
+        "import_path": ENTRYPOINT,
+        "args": config.shape(),
+        "logging_config": QUIET_LOGS,
+        "deployments": [
+            {"name": name, "user_config": user_config | mark}
+            for name, user_config in deployment_user_configs(config).items()
+        ],
+    }
+
+
+def deployment_user_configs(config: ServingConfig) -> dict[str, dict[str, Any]]:
+    """Each deployment's name and ``user_config``: the ingress first, then the replicas."""
+    return {INGRESS_NAME: ingress_user_config(config)} | {
+        replica_deployment_name(model, pool): replica_user_config(config, model, pool)
+        for model, spec in config.models.items()
+        for pool in spec.routing.pools
+    }
+
+
+def _ingress_options(config: ServingShape) -> dict[str, Any]:
     spec = config.ingress
     options: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": spec.num_cpus, "resources": dict(spec.resources)},
@@ -205,14 +272,54 @@ def start(
     logger.info("serving on http://%s:%d", config.http.host, config.http.port)
 
 
-def deploy(config: ServingConfig) -> None:
+def deploy(config: ServingConfig, timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
     """Deploy ``config`` (again) on the Serve instance running; returns once it serves.
 
-    Serve replaces only what changed (a pool's artifact: that pool's replicas); requests
-    that find a pool between its old and new replicas wait for the new (within their
-    deadline) instead of failing.
+    Applied as Serve's config (`application_config`, what ``serve run CONFIG`` does) so
+    that Serve replaces only what must be: a change of variants reconfigures the running
+    replicas in place (a pool loads its new artifact beside the old and swaps; the
+    ingress keeps its connections), anything else restarts them. Other applications
+    deployed from a config stay as they are.
     """
-    serve.run(build_app(config), name=APP_NAME, route_prefix="/", logging_config=QUIET_LOGS)
+    client = _get_global_client()
+    others = [
+        app["deployed_app_config"]
+        for name, app in client.get_serve_details().get("applications", {}).items()
+        if name != APP_NAME and app.get("source") == "declarative" and app["deployed_app_config"]
+    ]
+    deploy_id = uuid.uuid4().hex
+    application = application_config(config, deploy_id)
+    client.deploy_apps(ServeDeploySchema(applications=[*others, application]))
+    _wait_running({d["name"] for d in application["deployments"]}, deploy_id, timeout_s)
+
+
+def _wait_running(names: set[str], deploy_id: str, timeout_s: float) -> None:
+    """Poll until Serve has taken in deploy ``deploy_id`` (each deployment's target carries
+    it) and the application and every deployment run it, or say why not."""
+    deadline = time.monotonic() + timeout_s
+    status, message, failed = "", "", 0
+    while time.monotonic() < deadline:
+        app = _get_global_client().get_serve_details()["applications"].get(APP_NAME, {})
+        status, message = app.get("status", ""), app.get("message", "")
+        # a failure reported that often is this deploy's, not one the controller has yet
+        # to replace with DEPLOYING (it takes a new config on its next loop, ~0.1 s)
+        failed = failed + 1 if status == "DEPLOY_FAILED" else 0
+        if failed >= FAILED_POLLS:
+            break
+        deployments = app.get("deployments", {})
+        taken = set(deployments) == names and all(
+            (d["deployment_config"].get("user_config") or {}).get(DEPLOY_ID) == deploy_id
+            for d in deployments.values()
+        )
+        healthy = all(d["status"] == "HEALTHY" for d in deployments.values())
+        if status == "RUNNING" and taken and healthy:
+            return
+        time.sleep(DEPLOY_POLL_S)
+    raise ConfigError(
+        f"the application did not reach RUNNING within {timeout_s:g} s (status {status}"
+        + (f": {message}" if message else "")
+        + "); the Ray logs under /tmp/ray/session_latest/logs/serve say more"
+    )
 
 
 def stop(*, joined: bool = False) -> None:

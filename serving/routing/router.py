@@ -174,6 +174,12 @@ class ModelRouter:
         self.splitter = VariantSplitter({n: v.weight for n, v in config.variants.items()})
         self._tags = {"model": name}
 
+    def update(self, config: ModelConfig) -> None:
+        """New variants or weights (a rollout step); routing and limits stay (a change to
+        them restarts the ingress). Pools keep their state."""
+        self.config = config
+        self.splitter = VariantSplitter({n: v.weight for n, v in config.variants.items()})
+
     def handle(self, pool: str) -> DeploymentHandle:
         """The handle of ``pool``'s deployment (for calls that are not requests)."""
         return self._handles[pool]

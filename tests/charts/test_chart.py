@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from serving.config import parse_config
+from serving.config import ServingShape, config_from_application, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "sluiceway"
@@ -337,9 +337,9 @@ def test_pdb_per_pool_selects_exactly_that_pools_pods(values_file: Path) -> None
 def test_auth_token_comes_from_the_secret_and_reaches_the_serving_config(tmp_path: Path) -> None:
     docs = by_kind(render(write_values(tmp_path, fetched_with_auth())))
     service = docs["RayService"][0]
-    args = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]
-    assert args["auth"] == {"token_env": "SLUICEWAY_AUTH_TOKEN"}
-    assert parse_config(args).auth.token_env == "SLUICEWAY_AUTH_TOKEN"
+    app = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]
+    assert app["args"]["auth"] == {"token_env": "SLUICEWAY_AUTH_TOKEN"}
+    assert config_from_application(app, "rendered").auth.token_env == "SLUICEWAY_AUTH_TOKEN"
     for spec in pod_specs(service):
         env = {e["name"]: e for e in spec["containers"][0]["env"]}
         secret = env["SLUICEWAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
@@ -405,13 +405,18 @@ def test_serve_config_args_are_what_the_serving_code_accepts(values_file: Path) 
     serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
     app = serve_config["applications"][0]
     assert app["import_path"] == "serving.entrypoint:app"
-    config = parse_config(app["args"], "rendered serveConfigV2")
+    config = config_from_application(app, "rendered serveConfigV2")
     assert config.models["w2v"].routing.pools == ["gpu", "cpu"]
     assert config.pools["gpu"].device == "cuda"
     from serving.entrypoint import app as build
-    from serving.server import _ingress_options
+    from serving.server import _ingress_options, application_config
 
     assert build(app["args"]) is not None  # the builder KubeRay imports accepts them
+    # what the chart renders is what `sluiceway serve` applies for the same serving values
+    ours = application_config(config)
+    assert ServingShape.model_validate(app["args"]) == ServingShape.model_validate(ours["args"])
+    assert config_from_application(ours, "application_config") == config
+    assert [d["name"] for d in app["deployments"]] == [d["name"] for d in ours["deployments"]]
     # two ingress replicas by default, autoscaled to four, one per node
     ingress = _ingress_options(config)
     assert ingress["autoscaling_config"]["min_replicas"] == 2

@@ -4,9 +4,10 @@ steps the canary's weight, asks Prometheus for both variants' P99 and error rati
 promotes or rolls back.
 
 No Kubernetes can run here, so the `Target` is a stand-in for `helm upgrade` + KubeRay: it
-deploys the `serving` values of each step with `serve.run`, exactly what KubeRay does with
-the RayService's `serveConfigV2`. The helm side is tested with the real binary elsewhere
-(tests/deploy/test_helm.py, test_cli_deploy.py)."""
+applies the `serving` values of each step as Serve's config (`serving.server.deploy`, the
+same application the chart renders into `serveConfigV2`, applied as KubeRay does). The helm
+side is tested with the real binary elsewhere (tests/deploy/test_helm.py,
+test_cli_deploy.py)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ import pytest
 
 from deploy.canary import CanaryPolicy, Decision, PrometheusClient
 from deploy.rollout import Plan, run
+from serving.config import parse_config
+from serving.server import deploy
 from tests.conftest import TOKEN
 from tests.prometheus_server import PrometheusServer
-from tests.serving.conftest import artifact, deploy
+from tests.serving.conftest import artifact
 from tests.serving.test_routing_load import PCM, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -80,12 +83,12 @@ class LocalServe:
         self.rolled_back = False
 
     def apply(self, values: dict[str, Any], step: int) -> None:
-        deploy(values["serving"])
+        deploy(parse_config(values["serving"]))
         wait_ready(self.base, model=self.model)
         self.applied.append(step)
 
     def rollback(self) -> None:
-        deploy(self.before["serving"])
+        deploy(parse_config(self.before["serving"]))
         wait_ready(self.base, model=self.model)
         self.rolled_back = True
 
@@ -97,6 +100,7 @@ class Load:
         self.base, self.model = base, model
         self.served: Counter[str] = Counter()
         self.failed = 0
+        self.errors: Counter[tuple[int, str]] = Counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
@@ -114,6 +118,7 @@ class Load:
                         self.served[r.headers["x-sluiceway-variant"]] += 1
                     else:
                         self.failed += 1
+                        self.errors[r.status_code, r.text[:200]] += 1
 
             await asyncio.gather(worker(), worker())
 
@@ -142,7 +147,7 @@ def roll_out(
         token_file,
         {"stable": tiny_artifacts / "int8", "canary": canary_artifact},
     )
-    deploy(before["serving"])
+    deploy(parse_config(before["serving"]))
     wait_ready(base, model=model)
     target = LocalServe(copy.deepcopy(before), base, model)
     plan = Plan(
@@ -178,7 +183,7 @@ def test_a_slower_canary_is_rolled_back(
     assert verdict.decision is Decision.ROLLBACK, printed
     assert verdict.canary.p99_seconds > verdict.baseline.p99_seconds  # type: ignore[operator]
     assert any("P99" in line for line in printed)  # the numbers behind the verdict
-    assert load.served["canary"] > 0 and load.failed == 0
+    assert load.served["canary"] > 0 and load.failed == 0, load.errors
 
 
 def test_an_equal_canary_is_promoted(
@@ -193,4 +198,4 @@ def test_an_equal_canary_is_promoted(
     assert outcome.promoted and not target.rolled_back, printed
     assert target.applied == [50, 100]
     assert [s.verdict.decision for s in outcome.steps] == [Decision.PROMOTE, Decision.PROMOTE]
-    assert load.failed == 0
+    assert load.failed == 0, load.errors

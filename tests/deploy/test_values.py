@@ -27,7 +27,7 @@ from deploy.values import (
     write_values,
 )
 from optimize.manifest import MANIFEST_FILE, read_manifest
-from serving.config import parse_config
+from serving.config import config_from_application, parse_config
 from tests.charts.test_chart import SCHEMAS, schema_errors
 
 PREFIX = "https://models.example.com/w2v"
@@ -153,10 +153,9 @@ def test_written_values_render_and_every_object_validates(
     limits = groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["memory"] == values["workerGroups"]["gpu"]["resources"]["limits"]["memory"]
     assert limits["nvidia.com/gpu"] == 1
-    args = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]
-    assert (
-        parse_config(args).models["w2v"].variants["stable"].artifacts["gpu"].uri.startswith(PREFIX)
-    )
+    app = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]
+    config = config_from_application(app, "rendered")
+    assert config.models["w2v"].variants["stable"].artifacts["gpu"].uri.startswith(PREFIX)
 
 
 @pytest.mark.slow

@@ -105,7 +105,7 @@ def test_body_bytes_in_flight_are_bounded_per_ingress_and_released() -> None:
     from serving.errors import PoolSaturated
 
     server = ingress()
-    server._config = SimpleNamespace(ingress=SimpleNamespace(max_body_bytes_in_flight=10_000))
+    server._shape = SimpleNamespace(ingress=SimpleNamespace(max_body_bytes_in_flight=10_000))
     router = SimpleNamespace(config=SimpleNamespace(routing=SimpleNamespace(retry_after_seconds=1)))
     first, second, third = Tally("m"), Tally("m"), Tally("m")
     server._hold_bytes(first, 8_000, router)

@@ -30,12 +30,14 @@ QUICK = (
 
 
 class Client(threading.Thread):
-    """Two requests at a time, one after another, until stopped: (status, artifact) each."""
+    """One request at a time until stopped: (status, artifact) each, and the ingress
+    replicas that answered."""
 
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
         self.url = url
         self.answers: list[tuple[int, str]] = []
+        self.ingresses: set[str] = set()
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -47,6 +49,7 @@ class Client(threading.Thread):
                 self.answers.append(
                     (response.status_code, response.headers.get("x-sluiceway-artifact", ""))
                 )
+                self.ingresses.add(response.headers.get("x-sluiceway-ingress", ""))
 
 
 def test_make_serve_builds_what_the_cpu_pool_needs_then_hands_over_to_the_student(
@@ -85,5 +88,8 @@ def test_make_serve_builds_what_the_cpu_pool_needs_then_hands_over_to_the_studen
         served_by = Counter(artifact for _, artifact in answers)
         assert served_by["int8"] > 0 and served_by["student-int8"] > 0, served_by
         assert {artifact for _, artifact in after} == {"student-int8"}, after
+        # the hand-over reconfigured the running replicas: the two ingress replicas of the
+        # start (serving.defaults) answered every request, none replaced
+        assert len(set.union(*(c.ingresses for c in clients))) <= 2
         assert server.interrupt() == 0, server.stderr()[-3000:]
         print("left running after Ctrl-C:", server.left_running)  # a finding, not yet a rule

@@ -66,6 +66,40 @@ auth token's variable when auth is on. */}}
 {{- toYaml $serving }}
 {{- end }}
 
+{{/*
+The Serve application (serveConfigV2): the serving config without its variants as args (a
+change restarts every replica), each deployment's share of the variants as its user_config
+(a change reconfigures the running replicas in place: a rollout step restarts nothing).
+serving.server.application_config builds the same from a serving config.
+*/}}
+{{- define "sluiceway.serveApplication" -}}
+{{- $serving := include "sluiceway.servingConfig" . | fromYaml }}
+{{- $args := deepCopy $serving }}
+{{- $variants := dict }}
+{{- range $name, $model := $args.models }}
+{{- $_ := set $variants $name (get $model "variants") }}
+{{- $_ := unset $model "variants" }}
+{{- end }}
+{{- $deployments := list (dict "name" "ingress" "user_config" (dict "variants" $variants)) }}
+{{- range $name, $model := $serving.models }}
+{{- range $pool := $model.routing.pools }}
+{{- $artifacts := dict }}
+{{- range $variant, $spec := $model.variants }}
+{{- $_ := set $artifacts $variant (get $spec.artifacts $pool) }}
+{{- end }}
+{{- $user := dict "artifacts" $artifacts }}
+{{- $deployments = append $deployments (dict "name" (printf "%s-%s" $name $pool) "user_config" $user) }}
+{{- end }}
+{{- end }}
+name: sluiceway
+route_prefix: /
+import_path: serving.entrypoint:app
+args:
+  {{- toYaml $args | nindent 2 }}
+deployments:
+  {{- toYaml $deployments | nindent 2 }}
+{{- end }}
+
 {{/* Pod-level settings shared by the head and every worker group. */}}
 {{- define "sluiceway.podSpec" -}}
 serviceAccountName: {{ include "sluiceway.serviceAccountName" . | quote }}
