@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +93,33 @@ def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("models: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_the_serve_application_holds_the_whole_config_and_refuses_a_drifted_one() -> None:
+    """`application_config` splits a config into args and user_configs; reading it back
+    gives the same config, and a deployment whose user_config disagrees is named."""
+    from serving.config import config_from_application
+    from serving.server import application_config
+
+    whole = parse_config(config())
+    app = application_config(whole)
+    assert config_from_application(app, "app") == whole
+
+    drifted = copy.deepcopy(app)
+    cpu = next(d for d in drifted["deployments"] if d["name"] == "w2v-cpu")
+    cpu["user_config"]["artifacts"]["stable"]["uri"] = "/a/other"
+    with pytest.raises(ConfigError, match="deployment 'w2v-cpu' is given artifacts"):
+        config_from_application(drifted, "app")
+
+    no_ingress = copy.deepcopy(app)
+    no_ingress["deployments"] = no_ingress["deployments"][1:]
+    with pytest.raises(ConfigError, match="no user_config for the 'ingress' deployment"):
+        config_from_application(no_ingress, "app")
+
+
+def test_the_builder_refuses_args_that_still_carry_variants() -> None:
+    """serveConfigV2 written by hand the old way (variants in args) is named, not built."""
+    from serving.entrypoint import app
+
+    with pytest.raises(ConfigError, match=r"serveConfigV2 args: models\.w2v\.variants"):
+        app(config())
