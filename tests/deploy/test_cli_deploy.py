@@ -185,3 +185,54 @@ def test_rollout_with_unparsable_steps_or_an_unreadable_values_file(
     )
     assert done.returncode == 1
     assert done.stderr.startswith("Error: ") and message in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+def test_values_add_a_second_model_to_the_same_file(
+    values_file: Path, tiny_artifacts: Path, tmp_path: Path
+) -> None:
+    """Two models on one values file: a pool both use holds a replica of each, so its pods'
+    CPUs and memory add up; each model's SLO note stays in the header."""
+    out = tmp_path / "values.yaml"
+    out.write_text(values_file.read_text())
+    first = yaml.safe_load(out.read_text())
+    done = sluiceway(
+        "deploy", "values", "--artifacts", str(tiny_artifacts), "--model", "w2v-b",
+        "--uri-prefix", "https://models.example.com/w2v-b", "--output", str(out), "--add",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    both = yaml.safe_load(out.read_text())
+    assert set(both["serving"]["models"]) == {"w2v", "w2v-b"}
+    cpu, cpu_before = both["workerGroups"]["cpu"], first["workerGroups"]["cpu"]
+    limits, before = cpu["resources"]["limits"], cpu_before["resources"]["limits"]
+    assert int(limits["cpu"]) == 2 * int(before["cpu"])
+    assert limits["memory"] == f"{2 * int(before['memory'].removesuffix('Mi'))}Mi"
+    header = [line for line in out.read_text().splitlines() if line.startswith("# w2v")]
+    assert [line.split(":")[0] for line in header] == ["# w2v", "# w2v-b"]
+    again = sluiceway(
+        "deploy", "values", "--artifacts", str(tiny_artifacts), "--model", "w2v",
+        "--output", str(out), "--add",
+    )  # fmt: skip
+    assert again.returncode == 1
+    assert "model 'w2v' is already in the values" in again.stderr
+    assert yaml.safe_load(out.read_text()) == both  # nothing lost
+
+
+def test_values_add_without_a_file_to_add_to_says_so(tiny_artifacts: Path, tmp_path: Path) -> None:
+    done = sluiceway(
+        "deploy", "values", "--artifacts", str(tiny_artifacts), "--output",
+        str(tmp_path / "none.yaml"), "--add",
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "does not exist; write the first model without --add" in done.stderr
+
+
+def test_boot_refuses_a_user_without_root_and_a_bad_claim(tmp_path: Path) -> None:
+    values = tmp_path / "v.yaml"
+    values.write_text("{}\n")
+    done = sluiceway("deploy", "boot", "-f", str(values), "--claim", "no-directory")
+    assert done.returncode == 1
+    if os.geteuid() == 0:
+        assert "--claim 'no-directory': write CLAIM=DIR" in done.stderr
+    else:
+        assert "booting needs root" in done.stderr

@@ -69,8 +69,12 @@ def test_a_valid_config_loads_from_yaml(tmp_path: Path) -> None:
             "min (3) must not exceed max (2)",
         ),
         (
-            lambda c: c["pools"]["cpu"].update(replicas={"min": 0, "max": 2}),
-            "pools.cpu.replicas.min: Input should be greater than or equal to 1",
+            lambda c: c["pools"]["cpu"].update(replicas={"min": -1, "max": 2}),
+            "pools.cpu.replicas.min: Input should be greater than or equal to 0",
+        ),
+        (
+            lambda c: c.update(ingress={"replicas": {"min": 0, "max": 2}}),
+            "ingress: Value error, replicas.min must be at least 1",
         ),
         (
             lambda c: c["pools"]["cpu"].update(nice=20),

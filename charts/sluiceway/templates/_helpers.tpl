@@ -103,7 +103,6 @@ deployments:
 {{/* Pod-level settings shared by the head and every worker group. */}}
 {{- define "sluiceway.podSpec" -}}
 serviceAccountName: {{ include "sluiceway.serviceAccountName" . | quote }}
-automountServiceAccountToken: false
 securityContext:
   {{- toYaml .Values.podSecurityContext | nindent 2 }}
 {{- with .Values.imagePullSecrets }}
