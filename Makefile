@@ -49,7 +49,7 @@ $(HELM):
 
 install: install-system $(VENV)/.installed $(HELM) image-python  ## system packages, helm/kubectl, .venv with the project and test tools, the image's Python
 
-# The serving image's Python (.image/python), made by the Dockerfile's own pip line: what
+# The serving image's Python (/opt/sluiceway/image-python as root), made by the Dockerfile's own pip line: what
 # `sluiceway deploy boot` and its tests run the pods on. Redone only when its inputs change.
 image-python: $(VENV)/.installed
 	$(BIN)/python -m deploy.image >/dev/null

@@ -385,6 +385,21 @@ class Boot:
     ) -> subprocess.Popen[bytes]:
         assert self.network is not None
         pod = running.pod
+        if pod.run_as and pod.run_as[0] != 0:
+            for part in [self.image_bin, *self.image_bin.parents]:
+                if not part.stat().st_mode & 0o001:
+                    raise BootFailed(
+                        f"the image's Python ({self.image_bin}) is out of reach of pod "
+                        f"{pod.name}'s user {pod.run_as[0]}: {part} is not searchable by others; "
+                        "make it elsewhere (SLUICEWAY_IMAGE_PYTHON=DIR python -m deploy.image)"
+                    )
+        for target in [*container.mounts, IMAGE_HOME]:
+            if self.image_bin.resolve().is_relative_to(target):
+                raise BootFailed(
+                    f"the image's Python ({self.image_bin}) lies under {target}, which pod "
+                    f"{pod.name} mounts over: make it elsewhere (SLUICEWAY_IMAGE_PYTHON=DIR "
+                    "python -m deploy.image)"
+                )
         home = running.folder / "home" / container.name
         home.mkdir(parents=True, exist_ok=True)
         if pod.run_as:

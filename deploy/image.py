@@ -28,8 +28,17 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO_ROOT / "Dockerfile"
-# Where `make install` puts it (ignored by git): the boot's pods run its bin/ first on PATH.
-DEFAULT_PREFIX = REPO_ROOT / ".image" / "python"
+# Where `make install` puts it: the boot's pods run its bin/ first on PATH, as the image's
+# user (uid 1000), so it must lie where that user can reach and no pod mounts over (/tmp,
+# where a checkout may lie); a virtual environment cannot move, so it is made there.
+DEFAULT_PREFIX = Path(
+    os.environ.get("SLUICEWAY_IMAGE_PYTHON")
+    or (
+        "/opt/sluiceway/image-python"
+        if os.geteuid() == 0
+        else Path.home() / ".cache" / "sluiceway" / "image-python"
+    )
+)
 PIP_TIMEOUT_S = 1800.0
 
 

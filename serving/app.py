@@ -709,6 +709,7 @@ class Ingress:
     @api.get("/v1/models", tags=["v1"], responses=errors(401))
     async def list_models(self, request: Request) -> dict[str, Any]:
         self._authorize(request)
+        self._ensure_watcher()  # an ingress asked only this still learns its pools' replicas
         return {
             "models": [
                 {

@@ -86,11 +86,16 @@ def test_a_gpu_pool_without_a_node_leaves_the_cpu_pools_serving_and_says_so(
     answers = [classify(base) for _ in range(5)]
     assert [a.status_code for a in answers] == [200] * 5
     assert {a.headers["x-sluiceway-pool"] for a in answers} == {"fast"}
-    pools = {
-        p["name"]: p
-        for p in httpx.get(f"{base}/v1/models", timeout=10).json()["models"][0]["pools"]
-    }
-    assert pools["gpu"]["healthy"] is False and pools["fast"]["healthy"] is True
+
+    def listed() -> dict[str, Any]:
+        pools = httpx.get(f"{base}/v1/models", timeout=10).json()["models"][0]["pools"]
+        by_name = {p["name"]: p for p in pools}
+        return by_name if by_name["fast"]["replicas"]["up"] == 1 else {}
+
+    pools = poll(listed, deadline_s=30)  # every ingress polls Serve's status each second
+    assert pools, "the ingress never learned the fast pool's replica"
+    assert pools["gpu"]["healthy"] is False and pools["gpu"]["replicas"]["up"] == 0
+    assert pools["fast"]["healthy"] is True and pools["slow"]["replicas"]["up"] == 1
 
     # Serve runs the application, and asks for the GPU replica the ingress's probes want:
     # in a cluster, the request KubeRay's autoscaler turns into a GPU pod
@@ -143,7 +148,8 @@ def test_a_killed_worker_pod_fails_its_pool_over_and_it_comes_back_when_replaced
     )
     assert len(load.failed) <= 4, load.failed  # at most what was in flight on the lost node
     assert failed_after == [], failed_after
-    assert boot.probe(fast, boot.pods[fast].pod.readiness)
+    # and the new pod becomes an endpoint of the serve Service again, once its proxy is up
+    boot.wait_probe(fast, boot.pods[fast].pod.readiness, time.monotonic() + 120)
     assert yaml.safe_dump(boot.serve_status()["applications"]["sluiceway"]["status"]).startswith(
         "RUNNING"
     )
