@@ -91,7 +91,7 @@ $(TINY)/int8/manifest.json: | install
 
 bench-serve: artifacts $(TINY)/int8/manifest.json  ## overhead vs a no-op app and relay, routing capacity, overload, goodput sweep vs LitServe
 	mkdir -p bench-results
-	set -o pipefail; $(BIN)/python -m serving.bench --artifacts $(ARTIFACTS) --tiny $(TINY) --output bench-results | grep -v '(raylet)' | tee bench-results/serve.md
+	set -o pipefail; $(BIN)/python -m tools.bench_serve --artifacts $(ARTIFACTS) --tiny $(TINY) --output bench-results | grep -v '(raylet)' | tee bench-results/serve.md
 
 # Every scenario shipped in scenarios/: Sluiceway's routing beside the baselines.
 SCENARIOS ?= $(wildcard scenarios/*.yaml)

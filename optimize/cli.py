@@ -19,8 +19,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from cli_output import ProgressBar, stderr, stdout
 from optimize.manifest import Precision
-from sluiceway._output import ProgressBar, stderr, stdout
 
 
 def _split(value: str) -> list[str]:

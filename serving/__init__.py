@@ -1,5 +1,5 @@
 """The serving runtime: Ray Serve deployments that route each request to a pool (GPU first,
-CPU on spillover, shed past the SLO) and run ONNX artifacts there; and ``serving.simulate``,
+CPU on spillover, shed past the SLO) and run ONNX artifacts there; and ``simulate``,
 the same routing code on a virtual clock at cluster scale.
 
 Config and errors import without Ray; ``build_app``, ``start``, ``stop`` and the

@@ -39,6 +39,7 @@ from optimize.manifest import InputSpec, Manifest, TensorsSpec, TextSpec
 from optimize.manifest import TensorSpec as ManifestTensor
 from serving.audio_decode import decode_audio
 from serving.auth import read_token
+from serving.build import build_version
 from serving.config import (
     INGRESS_NAME,
     ServingConfig,
@@ -352,9 +353,7 @@ class Ingress:
         self._id: str = serve.get_replica_context().replica_id.unique_id
         self._token = read_token(self._shape)
         self._metrics = IngressMetrics.create()
-        from sluiceway import __version__
-
-        build = {"version": __version__}
+        build = {"version": build_version()}
         self._metrics.build_info.set(1, tags=build)
         refresh_forever(lambda: self._metrics.build_info.set(1, tags=build), "build-info")
         self._handles = {
@@ -677,9 +676,11 @@ class Ingress:
 
     @api.get("/v2", tags=["v2"])
     async def server_metadata(self) -> dict[str, Any]:
-        from sluiceway import __version__
-
-        return {"name": "sluiceway", "version": __version__, "extensions": ["binary_tensor_data"]}
+        return {
+            "name": "sluiceway",
+            "version": build_version(),
+            "extensions": ["binary_tensor_data"],
+        }
 
     @api.get(
         "/v2/models/{model}",

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from sluiceway._output import stderr, stdout
+from cli_output import stderr, stdout
 
 if TYPE_CHECKING:
     from serving.config import ArtifactRef

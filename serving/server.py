@@ -48,7 +48,7 @@ RAY_ENV = {
     # Arguments up to 1 MiB travel inside the call instead of through the object store
     # (Ray's default cut-off is 100 KiB): a clip of a few seconds crosses twice per request
     # (the body proxy -> ingress, the tensor ingress -> replica), and the store's round
-    # trip cost more than the copy (`python -m serving.bench`, Server-Timing spans).
+    # trip cost more than the copy (`python -m tools.bench_serve`, Server-Timing spans).
     "RAY_max_direct_call_object_size": str(2**20),
     # A request Serve holds for a full replica is retried with a backoff that grows to 0.5 s
     # by default: it then starts up to that long after the slot freed. 50 ms keeps the wait

@@ -19,7 +19,7 @@ from optimize.cli import register as register_optimize
 from optimize.errors import OptimizeError
 from serving.cli import register as register_serving
 from serving.errors import ServingError
-from serving.simulate.cli import register as register_simulate
+from simulate.cli import register as register_simulate
 from sluiceway import __version__
 
 app = typer.Typer(

@@ -9,7 +9,7 @@ import inspect
 
 import pytest
 
-PACKAGES = ["optimize", "serving", "deploy", "sluiceway"]
+PACKAGES = ["cli_output", "optimize", "serving", "deploy", "sluiceway"]
 
 
 @pytest.mark.parametrize("package", PACKAGES)

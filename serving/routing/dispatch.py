@@ -1,5 +1,5 @@
 """One model's routing decisions, without IO: the policy picks a pool, the pool's stats pick
-a replica. The ingress (``serving.routing.router``) and the simulator (``serving.simulate``)
+a replica. The ingress (``serving.routing.router``) and the simulator (``simulate``)
 drive this same code, so what the simulator shows at scale is what the ingress does.
 """
 

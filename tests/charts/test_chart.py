@@ -438,11 +438,11 @@ def test_no_models_is_refused_with_a_sentence() -> None:
 
 
 def test_values_schema_is_generated_from_the_serving_config_model() -> None:
-    from serving.schema import values_schema
+    from tools.chart_schema import values_schema
 
     committed = json.loads((CHART / "values.schema.json").read_text())
     assert committed == values_schema(), (
-        "regenerate: python -m serving.schema > charts/sluiceway/values.schema.json"
+        "regenerate: python -m tools.chart_schema > charts/sluiceway/values.schema.json"
     )
 
 

@@ -49,7 +49,7 @@ def test_the_serving_image_modules_import_without_torch_or_transformers() -> Non
         "            raise ModuleNotFoundError(name)\n"
         "sys.meta_path.insert(0, Absent())\n"
         "import serving.app, serving.replica, serving.fetch, serving.entrypoint\n"
-        "import serving.routing.router, serving.server, serving.simulate\n"
+        "import serving.routing.router, serving.server, simulate\n"
         "print('ok')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import typer
 
-from sluiceway._output import ProgressBar, stderr, stdout
+from cli_output import ProgressBar, stderr, stdout
 
 
 def simulate(
@@ -30,7 +30,7 @@ def simulate(
 ) -> None:
     """Simulate a cluster: Sluiceway's routing at scale, beside the baselines."""
     from serving.errors import ScenarioError
-    from serving.simulate import POLICIES, load_scenario, run_scenario
+    from simulate import POLICIES, load_scenario, run_scenario
 
     settings = load_scenario(scenario)
     unknown = sorted(set(policy or []) - set(POLICIES))

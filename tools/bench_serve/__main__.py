@@ -10,8 +10,9 @@
    artifact) and LitServe on the same artifact, closed-loop clients 1-16, with and without
    honouring Retry-After; answered/s, refused/s, p99, answered within the SLO per second.
 
-Run: ``python -m serving.bench --artifacts artifacts/wav2vec2-base --tiny artifacts/wav2vec2-tiny
---output bench-results``. Prints Markdown; writes serve.json and serve-sweep.png there.
+Run: ``python -m tools.bench_serve --artifacts artifacts/wav2vec2-base
+--tiny artifacts/wav2vec2-tiny --output bench-results``. Prints Markdown; writes serve.json
+and serve-sweep.png there.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ import psutil
 import soundfile
 
 from optimize.manifest import MODEL_FILE
-from serving.bench.load import Control, Outcomes, closed_loop, open_loop
-from serving.bench.overhead import (
+from serving.defaults import config_for_artifacts
+from serving.server import QUIET_LOGS, apply_ray_env, pick_local_haproxy_ports
+from tools.bench_serve.load import Control, Outcomes, closed_loop, open_loop
+from tools.bench_serve.overhead import (
     OVERHEAD_GOAL_S,
     SHED_GOAL_S,
     NoModel,
@@ -51,8 +54,6 @@ from serving.bench.overhead import (
     v2_body,
     wait_healthy,
 )
-from serving.defaults import config_for_artifacts
-from serving.server import QUIET_LOGS, apply_ray_env, pick_local_haproxy_ports
 
 OVER_RELAY_GOAL_S = 0.002  # what Sluiceway adds on top of the two-hop relay
 CLIENTS = (1, 2, 4, 8, 16)
@@ -250,7 +251,7 @@ def litserve(artifact_dir: Path, port: int, threads: int) -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "serving.bench.litserve_app",
+            "tools.bench_serve.litserve_app",
             f"--artifact={artifact_dir}",
             f"--port={port}",
             f"--threads={threads}",

@@ -1,6 +1,6 @@
 """The cluster simulator: the real routing code at hundreds of replicas, beside baselines.
 
-``sluiceway simulate SCENARIO.yaml`` (``serving.simulate.cli``): a discrete-event run of the
+``sluiceway simulate SCENARIO.yaml`` (``simulate.cli``): a discrete-event run of the
 scenario (``scenario``) for Sluiceway's routing and each baseline (``baselines``) on the
 same arrivals (``engine``), reported per load step and over time (``report``). A tool beside
 the serving runtime: the serving image does not need it (no Ray here, no HTTP).
@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from serving.simulate.baselines import UNBOUNDED, PowerOfTwo, StaticSplit, gpu_only
-from serving.simulate.engine import PolicyFactory, Records, Simulation, sluiceway
-from serving.simulate.report import Step, as_json, markdown, plot, series, summarize
-from serving.simulate.scenario import Pool, Scenario, load_scenario, parse_scenario
+from simulate.baselines import UNBOUNDED, PowerOfTwo, StaticSplit, gpu_only
+from simulate.engine import PolicyFactory, Records, Simulation, sluiceway
+from simulate.report import Step, as_json, markdown, plot, series, summarize
+from simulate.scenario import Pool, Scenario, load_scenario, parse_scenario
 
 # name -> (ingress factory, a pool's replica queue limit under it)
 POLICIES: dict[str, tuple[PolicyFactory, Callable[[Pool], int]]] = {

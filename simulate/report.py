@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.simulate.engine import BUCKET_S, LOST, OK, SHED, TIMEOUT, Records
-from serving.simulate.scenario import Scenario
+from simulate.engine import BUCKET_S, LOST, OK, SHED, TIMEOUT, Records
+from simulate.scenario import Scenario
 
 SHED_SLACK = 0.02  # shed share may exceed the share of offered load above capacity by this
 UTILISATION_GOAL = 0.90

@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from serving.errors import ScenarioError
-from serving.simulate import POLICIES, load_scenario, parse_scenario, simulate
-from serving.simulate.engine import BUCKET_S, OK, SHED, Records
-from serving.simulate.report import checks, summarize
+from simulate import POLICIES, load_scenario, parse_scenario, simulate
+from simulate.engine import BUCKET_S, OK, SHED, Records
+from simulate.report import checks, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
 

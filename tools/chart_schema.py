@@ -1,6 +1,6 @@
 """The chart's values.schema.json, generated from the pydantic models it must agree with.
 
-Run ``python -m serving.schema > charts/sluiceway/values.schema.json``; a test fails when
+Run ``python -m tools.chart_schema > charts/sluiceway/values.schema.json``; a test fails when
 the committed file differs from what this prints.
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from serving.bench.overhead import median_interval
+from tools.bench_serve.overhead import median_interval
 
 
 def test_interval_is_the_order_statistics_around_the_middle() -> None:

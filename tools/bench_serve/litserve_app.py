@@ -1,6 +1,6 @@
 """The same artifact behind LitServe, as a team would serve it instead (bench only).
 
-``python -m serving.bench.litserve_app --artifact DIR --port P [--threads N]``: one LitServe
+``python -m tools.bench_serve.litserve_app --artifact DIR --port P [--threads N]``: one LitServe
 worker on the CPU running the artifact's ``model.onnx`` on ONNX Runtime with the thread count
 ONNX Runtime picks by default (one per core, ``--threads 0``), as a first user would run it;
 ``POST /predict`` takes ``{"wav": <base64 WAV>}`` (LitServe's

@@ -4,7 +4,7 @@ Sluiceway's ingresses run the real routing code (``serving.routing.dispatch.Disp
 ``SpilloverPolicy``, ``PoolStats``, ``StormGuard``) and the replicas the real queue
 (``serving.batch_queue.BatchQueue``), driven by this clock; only Ray, HTTP and the model
 are stood in for (a network delay each way, a service time per model call). Baselines
-(``serving.simulate.baselines``) get the same arrivals, replicas and failures.
+(``simulate.baselines``) get the same arrivals, replicas and failures.
 
 Each request is one row. Every random draw comes from generators seeded by the scenario,
 arrivals from their own, so every policy sees the very same requests.
@@ -25,7 +25,7 @@ from serving.batch_queue import BatchQueue, Entry
 from serving.routing.dispatch import build_dispatcher
 from serving.routing.policy import Reason
 from serving.routing.pool_stats import ANY_REPLICA, PoolStats, ReplicaState
-from serving.simulate.scenario import Failure, Pool, Scenario
+from simulate.scenario import Failure, Pool, Scenario
 
 # Outcome codes as HTTP would give them; LOST is a request an ingress held when it died.
 OK, SHED, TIMEOUT, LOST = 200, 503, 504, 0

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from serving.bench.load import Control, closed_loop
+from tools.bench_serve.load import Control, closed_loop
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 
-from serving.simulate.engine import (
+from simulate.engine import (
     OK,
     SHED,
     TIMEOUT,
