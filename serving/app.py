@@ -83,7 +83,8 @@ from serving.protocols.v2 import (
     parse_infer_request,
 )
 from serving.routing.pool_stats import ReplicaState
-from serving.routing.router import ModelRouter, Routed
+from serving.routing.ray_transport import RayTransport
+from serving.routing.router import MetricEvents, ModelRouter, Routed
 from serving.routing.variants import PIN_HEADER
 
 logger = logging.getLogger(__name__)
@@ -399,9 +400,9 @@ class Ingress:
                     await self._wait_loaded(name, model.routing.pools, added)
                 self._routers[name].update(model)
             else:
-                self._routers[name] = ModelRouter(
-                    name, model, config.pools, self._handles[name], self._metrics
-                )
+                transport = RayTransport(name, self._handles[name])
+                events = MetricEvents(self._metrics, name)
+                self._routers[name] = ModelRouter(name, model, config.pools, transport, events)
             # a request that chose a variant now gone still finds its manifest
             self._manifests[name] = self._manifests.get(name, {}) | manifests[name]
         self._config = config

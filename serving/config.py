@@ -131,6 +131,11 @@ class PoolConfig(_Frozen):
         default_factory=dict, description="Ray custom resources that pin replicas to the pool"
     )
 
+    @property
+    def rows_per_replica(self) -> int:
+        """Rows one replica runs at once: its model calls x the rows a call may batch."""
+        return self.max_ongoing_requests * (self.batching.max_batch_size if self.batching else 1)
+
     @model_validator(mode="after")
     def _gpu_needs_gpus(self) -> PoolConfig:
         if self.device == "cuda" and self.num_gpus <= 0:
@@ -138,10 +143,10 @@ class PoolConfig(_Frozen):
         return self
 
 
-class RoutingConfig(_Frozen):
-    """How a model's requests are spread over pools."""
+class RoutingSettings(_Frozen):
+    """How requests are spread over pools, whichever pools they are: what the router reads
+    (and the simulator's scenarios give, ``simulate.scenario``)."""
 
-    pools: list[Name] = Field(min_length=1, description="pools in order of preference")
     slo_p99_seconds: float = Field(0.5, gt=0, description="latency a request should meet")
     spill_hysteresis: float = Field(
         0.2, ge=0, lt=1, description="stop spilling once expected latency < SLO x (1 - this)"
@@ -183,6 +188,12 @@ class RoutingConfig(_Frozen):
             "has an idle slot) so that its latency is measured afresh"
         ),
     )
+
+
+class RoutingConfig(RoutingSettings):
+    """How a model's requests are spread over its pools."""
+
+    pools: list[Name] = Field(min_length=1, description="pools in order of preference")
 
 
 class LimitsConfig(_Frozen):

@@ -113,9 +113,9 @@ SERVE_CALL_HEADROOM = 64
 
 
 def _serve_limits(pool: PoolConfig) -> dict[str, Any]:
-    rows = pool.max_ongoing_requests * (pool.batching.max_batch_size if pool.batching else 1)
     return {
-        "max_ongoing_requests": 2 * (rows + pool.max_queued_requests) + SERVE_CALL_HEADROOM,
+        "max_ongoing_requests": 2 * (pool.rows_per_replica + pool.max_queued_requests)
+        + SERVE_CALL_HEADROOM,
         "request_router_config": {"request_router_class": PINNED_ROUTER},
     }
 

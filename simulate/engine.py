@@ -1,8 +1,9 @@
 """The discrete-event simulation: arrivals, ingresses, replicas, failures, on a virtual clock.
 
-Sluiceway's ingresses run the real routing code (``serving.routing.dispatch.Dispatcher``:
-``SpilloverPolicy``, ``PoolStats``, ``StormGuard``) and the replicas the real queue
-(``serving.batch_queue.BatchQueue``), driven by this clock; only Ray, HTTP and the model
+Sluiceway's ingresses run the ingress's own router (``serving.routing.core.RouterCore``:
+the retry budget, take-outs, the lost-pool rule, over ``SpilloverPolicy``, ``PoolStats``,
+``StormGuard``) and the replicas the real queue (``serving.batch_queue.BatchQueue``),
+driven by this clock; only Ray, HTTP and the model
 are stood in for (a network delay each way, a service time per model call). Baselines
 (``simulate.baselines``) get the same arrivals, replicas and failures.
 
@@ -22,14 +23,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serving.batch_queue import BatchQueue, Entry
-from serving.routing.dispatch import build_dispatcher
+from serving.calls import Outcome, Status
+from serving.calls import Reply as CallReply
+from serving.errors import DeadlineExceeded, ModelUnavailable, PoolSaturated
+from serving.routing.core import Attempt, Course, PoolLimits, RouterCore
 from serving.routing.policy import Reason
-from serving.routing.pool_stats import ANY_REPLICA, PoolStats, ReplicaState
+from serving.routing.pool_stats import ANY_REPLICA, ReplicaState
 from simulate.scenario import Failure, Pool, Scenario
 
 # Outcome codes as HTTP would give them; LOST is a request an ingress held when it died.
 OK, SHED, TIMEOUT, LOST = 200, 503, 504, 0
 STALL_CHECK_S = 0.25  # as often as the real ingress looks for stalled replicas, at most
+VARIANT = "stable"  # one variant: the simulation routes, it does not split
 BUCKET_S = 1.0  # time series resolution
 DEADLINE_SWEEP_S = 0.05
 
@@ -221,42 +226,67 @@ class Ingress:
         self.pending.clear()
 
 
+class _Records:
+    """The router core's events the simulation keeps: when a pool went unhealthy."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+
+    def retried(self, pool: str, reason: str) -> None:
+        return None
+
+    def shed(self) -> None:
+        return None
+
+    def spilled(self, from_pool: str, to_pool: str, reason: str) -> None:
+        return None
+
+    def stalled(self, pool: str) -> None:
+        return None
+
+    def pool_lost(self, pool: str) -> None:
+        self.sim.records.pool_lost.append((pool, self.sim.now))
+
+
+# A replica's answer as the router core reads it (the simulation's statuses are its own).
+_STATUS = {"ok": Status.OK, "full": Status.FULL, "expired": Status.EXPIRED}
+
+
+def pool_limits(pool: Pool) -> PoolLimits:
+    """What one replica of a simulated pool holds, as the router counts it."""
+    return PoolLimits(
+        capacity=pool.max_ongoing_requests * pool.max_batch_size,
+        queue=pool.max_queued_requests,
+        expected=pool.replicas,
+    )
+
+
 class SluicewayIngress(Ingress):
-    """The real routing code, as in ``serving.routing.router.ModelRouter``."""
+    """Sluiceway's router: the ingress's own ``RouterCore``, driven by the simulation's
+    events instead of awaited calls (``serving.routing.router`` drives it over Ray)."""
 
     def __init__(self, sim: Simulation, index: int, pools: list[str]) -> None:
         super().__init__(sim, index)
         scenario = sim.scenario
-        routing = scenario.routing
-        clock = sim.clock
         self.order = pools
-        self.stats = {
-            name: PoolStats(
-                name,
-                replica_capacity=scenario.pools[name].max_ongoing_requests
-                * scenario.pools[name].max_batch_size,
-                replica_queue=scenario.pools[name].max_queued_requests,
-                expected_replicas=scenario.pools[name].replicas,
-                ttl_s=routing.signal_ttl_seconds,
-                stall_s=routing.stall_seconds,
-                window=routing.latency_window,
-                clock=clock,
-                rng=random.Random(sim.scenario.seed * 1000 + index),
-            )
-            for name in pools
-        }
-        self.dispatcher = build_dispatcher(pools, self.stats, routing, clock)
-        self.policy, self.storm = self.dispatcher.policy, self.dispatcher.storm
-        self.calls: dict[tuple[str, str], set[Request]] = {}
-        self.lost: dict[int, set[str]] = {}
-        self.full: dict[int, set[str]] = {}
-        self.empty_polls = dict.fromkeys(pools, 0)
+        self.core = RouterCore(
+            f"ingress-{index}",
+            pools,
+            {name: pool_limits(scenario.pools[name]) for name in pools},
+            scenario.routing,
+            deadline_s=scenario.limits.deadline_seconds,
+            clock=sim.clock,
+            events=_Records(sim),
+            rng=random.Random(scenario.seed * 1000 + index),
+        )
+        self.stats, self.policy = self.core.stats, self.core.policy
+        self.courses: dict[int, Course] = {}
+        self.attempts: dict[int, Attempt] = {}
+        self.aborted: set[Attempt] = set()  # called off, not yet sent again
         self.spilling = False
         self.probed = -math.inf
         for name in pools:
-            self.stats[name].set_members(sim.running(name))
-        # attempts per request, as the real router allows (replicas known, per pool)
-        self.budget = 4 + 2 * sum(max(1, len(s.replicas)) for s in self.stats.values())
+            self.core.set_running_replicas(name, sim.running(name))
 
     def _note_spill_state(self) -> None:
         if self.policy.spilling != self.spilling:
@@ -264,110 +294,97 @@ class SluicewayIngress(Ingress):
             self.sim.records.spill_changes[self.index].append(self.sim.now)
 
     def arrive(self, request: Request) -> None:
-        if not self.dispatcher.admits() and any(s.healthy for s in self.stats.values()):
-            self.storm.refused()
+        if not self.core.admits():
+            self.core.shed()
             self.sim.finish(request, SHED)
             return
         self.pending[request.id] = request
-        self.lost[request.id] = set()
-        self.full[request.id] = set()
+        self.courses[request.id] = self.core.begin(VARIANT, 1, request.deadline)
         self.route(request)
 
     def route(self, request: Request) -> None:
         request.attempt += 1
-        if request.attempt > self.budget:
-            self._shed(request)
+        try:
+            attempt = self.core.next(self.courses[request.id])
+        except (PoolSaturated, ModelUnavailable):
+            self._note_spill_state()
+            self._forget(request)
+            self.sim.finish(request, SHED)
             return
-        target = self.dispatcher.target(1, self.lost[request.id], self.full[request.id])
         self._note_spill_state()
-        if target is None:
-            self._shed(request)
-            return
-        request.pool, request.replica = target.pool, target.replica
-        request.reason = target.decision.reason.value
+        request.pool, request.replica = attempt.pool, attempt.replica
+        request.reason = attempt.decision.reason.value
         request.sent_at = self.sim.now
-        self.stats[target.pool].sent(target.replica, 1)
-        self.calls.setdefault((target.pool, target.replica), set()).add(request)
-        replica = self.sim.replica(target.pool, target.replica)
-        self.sim.send(request, replica)
+        attempt.abort = lambda why: self._called_off(request, attempt)
+        self.attempts[request.id] = attempt
+        self.sim.send(request, self.sim.replica(attempt.pool, attempt.replica))
 
-    def _shed(self, request: Request) -> None:
-        self.storm.refused()
-        self._forget(request)
-        self.sim.finish(request, SHED)
+    def _called_off(self, request: Request, attempt: Attempt) -> None:
+        """The core took the replica out: the replica drops what has not started now, and
+        the request goes again once the event that took it out is done (as the ingress's
+        request resumes after the task that called it off yields)."""
+        self._cancel_entry(request)
+        self.aborted.add(attempt)
+        self.sim.soon(self._again, (request, attempt))
 
-    def _forget(self, request: Request) -> None:
-        self.pending.pop(request.id, None)
-        self.lost.pop(request.id, None)
-        self.full.pop(request.id, None)
-
-    def _end_call(self, request: Request, replica_id: str) -> None:
-        self.stats[request.pool].ended(replica_id, 1)
-        calls = self.calls.get((request.pool, replica_id))
-        if calls is not None:
-            calls.discard(request)
-
-    def on_reply(self, reply: Reply) -> None:
-        request, replica, status = reply.request, reply.replica, reply.status
-        if request.done or not self.alive or replica.pool != request.pool:
-            return
-        pinned = request.replica
-        if replica.id != pinned and pinned != ANY_REPLICA:
-            return  # an answer to an attempt already given up on (taken out, retried)
-        self._end_call(request, pinned)
-        stats = self.stats[request.pool]
-        if status == "lost":
-            if pinned == ANY_REPLICA:
-                self.lost[request.id].add(request.pool)
-            else:
-                self._take_out(request.pool, replica.id, ReplicaState.LOST)
-            self.route(request)
-            return
-        stats.answered(replica.id, reply.held)
-        if status == "full":
-            self.route(request)
-        elif status == "expired":
-            stats.record_service(self.sim.now - request.sent_at)
-            self._forget(request)
-            self.sim.finish(request, TIMEOUT)
-        else:
-            stats.record_service(reply.run_s)
-            self.storm.answered()
-            self._forget(request)
-            self.sim.finish(request, OK)
-
-    def _take_out(self, pool: str, replica_id: str, state: ReplicaState) -> None:
-        stats = self.stats[pool]
-        was_healthy = stats.healthy
-        stats.mark(replica_id, state)
-        if was_healthy and not stats.healthy:
-            self.sim.records.pool_lost.append((pool, self.sim.now))
-        waiting = self.calls.pop((pool, replica_id), set())
-        for request in waiting:
-            stats.ended(replica_id, 1)
-            if request.entry is not None:  # the replica drops what has not started
-                self.sim.replica(pool, replica_id).queue.cancel(request.entry)
-                request.entry = None
+    def _again(self, called_off: tuple[Request, Attempt]) -> None:
+        request, attempt = called_off
+        self.aborted.discard(attempt)
+        if attempt.open:
+            self.core.called_off(attempt)
             if not request.done:
                 self.route(request)
 
+    def _cancel_entry(self, request: Request) -> None:
+        if request.entry is not None:
+            self.sim.replica(request.pool, request.replica).queue.cancel(request.entry)
+            request.entry = None
+
+    def _forget(self, request: Request) -> None:
+        self.pending.pop(request.id, None)
+        self.courses.pop(request.id, None)
+        self.attempts.pop(request.id, None)
+
+    def on_reply(self, reply: Reply) -> None:
+        request, replica, status = reply.request, reply.replica, reply.status
+        attempt = self.attempts.get(request.id)
+        if request.done or not self.alive or attempt is None or not attempt.open:
+            return
+        if attempt in self.aborted:
+            return  # called off: its answer is not waited for
+        if replica.pool != attempt.pool or attempt.replica not in (ANY_REPLICA, replica.id):
+            return  # an answer to an attempt already given up on (taken out, retried)
+        if status == "lost":
+            self.core.unreachable(attempt, "lost while serving")
+            if not request.done:
+                self.route(request)
+            return
+        outcome = Outcome(_STATUS[status], outputs={}, run_s=reply.run_s)
+        answer = CallReply([outcome], replica=replica.id, held=reply.held, replica_s=0.0)
+        try:
+            served = self.core.replied(attempt, answer)
+        except DeadlineExceeded:
+            self._forget(request)
+            self.sim.finish(request, TIMEOUT)
+            return
+        if served is None:
+            self.route(request)
+            return
+        self._forget(request)
+        self.sim.finish(request, OK)
+
     def timed_out(self, request: Request) -> None:
-        if request.pool:
-            stats = self.stats[request.pool]
-            stats.record_service(min(self.sim.now - request.sent_at, self.sim.deadline_s))
-            self._end_call(request, request.replica)
-            if request.entry is not None:
-                self.sim.replica(request.pool, request.replica).queue.cancel(request.entry)
-                request.entry = None
+        attempt = self.attempts.get(request.id)
+        if attempt is not None and attempt.open:
+            self.core.cancelled(attempt, timed_out=True)
+            self._cancel_entry(request)
         self._forget(request)
         self.sim.finish(request, TIMEOUT)
 
     def tick(self, _: None) -> None:
         if not self.alive:
             return
-        for pool in self.order:
-            for replica_id in self.stats[pool].stalled_now():
-                self._take_out(pool, replica_id, ReplicaState.STALLED)
+        self.core.check_stalls()
         now = self.sim.now
         if now - self.probed >= self.sim.scenario.routing.health_check_seconds:
             self.probed = now
@@ -375,29 +392,16 @@ class SluicewayIngress(Ingress):
                 stats = self.stats[pool]
                 for replica in list(stats.replicas.values()):
                     if replica.state is not ReplicaState.UP and self.sim.answers(pool, replica.id):
-                        stats.recovered(replica.id)
+                        self.core.recovered(pool, replica.id)
                 if stats.lost and self.sim.running(pool):
-                    stats.recovered(self.sim.running(pool)[0])
+                    self.core.recovered(pool, self.sim.running(pool)[0])
         self.sim.at(now + self.sim.tick_s, self.tick, None)
 
     def poll(self, _: None) -> None:
         if not self.alive:
             return
         for pool in self.order:
-            running = self.sim.running(pool)
-            stats = self.stats[pool]
-            self.empty_polls[pool] = 0 if running else self.empty_polls[pool] + 1
-            if running:
-                stats.set_members(running)
-                self.budget = 4 + 2 * sum(max(1, len(s.replicas)) for s in self.stats.values())
-            elif self.empty_polls[pool] >= 2 and stats.healthy:
-                stats.lost = True
-                self.sim.records.pool_lost.append((pool, self.sim.now))
-                for key in [k for k in self.calls if k[0] == pool]:
-                    for request in self.calls.pop(key):
-                        stats.ended(key[1], 1)
-                        if not request.done:
-                            self.route(request)
+            self.core.set_running_replicas(pool, self.sim.running(pool))
         self.sim.at(self.sim.now + self.sim.scenario.poll_seconds, self.poll, None)
 
 
@@ -414,7 +418,7 @@ class Simulation:
     ) -> None:
         self.scenario = scenario
         self.now = 0.0
-        self.deadline_s = scenario.routing.deadline_seconds
+        self.deadline_s = scenario.limits.deadline_seconds
         self.tick_s = min(STALL_CHECK_S, scenario.routing.stall_seconds / 4)
         self._events: list[tuple[float, int, Callable[[Any], None], Any]] = []
         self._seq = itertools.count()
@@ -438,6 +442,7 @@ class Simulation:
                 self._start_replica(pool)
         self.ingresses = [make_ingress(self, i) for i in range(scenario.ingresses)]
         self._deadlines: deque[Request] = deque()
+        self._soon: deque[tuple[Callable[[Any], None], Any]] = deque()
         self._arrived = 0
 
     # -- the clock -------------------------------------------------------------------
@@ -447,6 +452,11 @@ class Simulation:
 
     def at(self, when: float, action: Callable[[Any], None], argument: Any) -> None:
         heapq.heappush(self._events, (when, next(self._seq), action, argument))
+
+    def soon(self, action: Callable[[Any], None], argument: Any) -> None:
+        """Run ``action`` once the event being handled is done, before any other (what
+        ``call_soon`` is to an event loop)."""
+        self._soon.append((action, argument))
 
     # -- pools and replicas ----------------------------------------------------------
 
@@ -660,6 +670,10 @@ class Simulation:
                 break  # every request has ended: only periodic work is left
             self.now = when
             action(argument)
+            soon = self._soon
+            while soon:
+                follow, value = soon.popleft()
+                follow(value)
             if self._progress is not None and when >= next_report:
                 self._progress(min(1.0, when / duration))
                 next_report = when + duration / 50

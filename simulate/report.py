@@ -222,7 +222,7 @@ def markdown(scenario: Scenario, runs: dict[str, list[Step]], elapsed: dict[str,
         + ", ".join(f"{p} {scenario.capacity_per_s(p):.0f}/s" for p in others)
         + f" (mean input {scenario.inputs.mean():g} s); SLO "
         f"{scenario.routing.slo_p99_seconds * 1e3:.0f} ms, deadline "
-        f"{scenario.routing.deadline_seconds:g} s.",
+        f"{scenario.limits.deadline_seconds:g} s.",
         "",
         "Service times: "
         + "; ".join(f"{n}: {p.service.source}" for n, p in scenario.pools.items()),

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from serving.config import describe_validation_error, read_yaml
+from serving.config import LimitsConfig, RoutingSettings, describe_validation_error, read_yaml
 from serving.errors import ScenarioError
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")]
@@ -154,21 +154,6 @@ class Failure(_Frozen):
         return self
 
 
-class Routing(_Frozen):
-    """The routing settings of ``serving.config.RoutingConfig`` the policy reads."""
-
-    slo_p99_seconds: float = Field(0.5, gt=0)
-    deadline_seconds: float = Field(10.0, gt=0)
-    spill_hysteresis: float = Field(0.2, ge=0, lt=1)
-    min_spill_seconds: float = Field(2.0, ge=0)
-    latency_window: int = Field(64, ge=4)
-    signal_ttl_seconds: float = Field(2.0, gt=0)
-    sample_seconds: float = Field(0.5, gt=0)
-    stall_seconds: float = Field(5.0, gt=0)
-    retry_storm_ratio: float = Field(4.0, ge=0)
-    health_check_seconds: float = Field(1.0, gt=0)
-
-
 class Scenario(_Frozen):
     """A whole simulation."""
 
@@ -179,7 +164,13 @@ class Scenario(_Frozen):
     spread: Literal["round_robin", "random"] = "random"
     network_seconds: float = Field(0.0005, ge=0, description="one way, ingress <-> replica")
     poll_seconds: float = Field(1.0, gt=0, description="how often ingresses learn replicas")
-    routing: Routing = Routing()
+    routing: RoutingSettings = Field(
+        RoutingSettings(),
+        description="the serving config's routing settings, as the router reads them",
+    )
+    limits: LimitsConfig = Field(
+        LimitsConfig(), description="the serving config's limits (the deadline)"
+    )
     inputs: Inputs = Inputs(seconds={3.0: 1.0})
     arrivals: list[Phase] = Field(min_length=1)
     failures: list[Failure] = Field(default_factory=list)

@@ -1,6 +1,6 @@
 """One model's routing decisions, without IO: the policy picks a pool, the pool's stats pick
-a replica. The ingress (``serving.routing.router``) and the simulator (``simulate``)
-drive this same code, so what the simulator shows at scale is what the ingress does.
+a replica. The router core (``serving.routing.core``), which the ingress and the simulator
+both drive, decides with it, so what the simulator shows at scale is what the ingress does.
 """
 
 from __future__ import annotations
@@ -8,27 +8,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
+from serving.config import RoutingSettings
 from serving.routing.policy import Decision, SpilloverPolicy
 from serving.routing.pool_stats import Clock, PoolStats, PoolView
 from serving.routing.storm import StormGuard
-
-
-class RoutingSettings(Protocol):
-    """What the policy and the storm guard read (``serving.config.RoutingConfig``, or a
-    simulated scenario's ``routing``)."""
-
-    @property
-    def slo_p99_seconds(self) -> float: ...
-    @property
-    def spill_hysteresis(self) -> float: ...
-    @property
-    def min_spill_seconds(self) -> float: ...
-    @property
-    def sample_seconds(self) -> float: ...
-    @property
-    def retry_storm_ratio(self) -> float: ...
 
 
 @dataclass(frozen=True)

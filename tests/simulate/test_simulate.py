@@ -57,7 +57,8 @@ def test_one_pool_mmc_waits_as_erlang_c_says() -> None:
                 }
             },
             "inputs": {"seconds": {1: 1}},
-            "routing": {"slo_p99_seconds": 1e6, "deadline_seconds": 1e6, "stall_seconds": 1e5},
+            "routing": {"slo_p99_seconds": 1e6, "stall_seconds": 1e5},
+            "limits": {"deadline_seconds": 1e6},
             "arrivals": [{"name": "steady", "seconds": 4000, "rate": rate}],
         }
     )
@@ -76,7 +77,8 @@ def small(**changes: Any) -> dict[str, Any]:
         "name": "small",
         "seed": 3,
         "ingresses": 2,
-        "routing": {"slo_p99_seconds": 0.5, "deadline_seconds": 10, "min_spill_seconds": 2},
+        "routing": {"slo_p99_seconds": 0.5, "min_spill_seconds": 2},
+        "limits": {"deadline_seconds": 10},
         "inputs": {"seconds": {30: 1}},
         "pools": {
             "gpu": {
