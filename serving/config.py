@@ -147,6 +147,14 @@ class RoutingSettings(_Frozen):
     """How requests are spread over pools, whichever pools they are: what the router reads
     (and the simulator's scenarios give, ``simulate.scenario``)."""
 
+    policy: Literal["spillover", "fallback"] = Field(
+        "spillover",
+        description=(
+            "spillover: the preferred pool while it meets the SLO, the excess to the next, "
+            "shed past the SLO (serving.routing.policy); fallback: the first pool with room "
+            "whatever its latency, shed only when all are full (serving.routing.fallback)"
+        ),
+    )
     slo_p99_seconds: float = Field(0.5, gt=0, description="latency a request should meet")
     spill_hysteresis: float = Field(
         0.2, ge=0, lt=1, description="stop spilling once expected latency < SLO x (1 - this)"

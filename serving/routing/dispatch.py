@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from serving.config import RoutingSettings
-from serving.routing.policy import Decision, SpilloverPolicy
+from serving.routing.fallback import FallbackPolicy
+from serving.routing.policy import Decision, RoutingPolicy, SpilloverPolicy
 from serving.routing.pool_stats import Clock, PoolStats, PoolView
 from serving.routing.storm import StormGuard
 
@@ -32,7 +33,7 @@ class Dispatcher:
         self,
         order: Sequence[str],
         stats: Mapping[str, PoolStats],
-        policy: SpilloverPolicy,
+        policy: RoutingPolicy,
         storm: StormGuard,
     ) -> None:
         self.order = list(order)
@@ -69,18 +70,27 @@ class Dispatcher:
             full.add(decision.pool)
 
 
-def build_dispatcher(
-    order: Sequence[str], stats: Mapping[str, PoolStats], routing: RoutingSettings, clock: Clock
-) -> Dispatcher:
-    """The policy and storm guard made from ``routing``, around ``stats``: the one wiring
-    the ingress and the simulator share."""
-    policy = SpilloverPolicy(
+def build_policy(routing: RoutingSettings, clock: Clock) -> RoutingPolicy:
+    """The policy ``routing.policy`` names, made from ``routing``."""
+    if routing.policy == "fallback":
+        return FallbackPolicy()
+    return SpilloverPolicy(
         slo_s=routing.slo_p99_seconds,
         hysteresis=routing.spill_hysteresis,
         min_spill_s=routing.min_spill_seconds,
         sample_s=routing.sample_seconds,
         clock=clock,
     )
+
+
+def build_dispatcher(
+    order: Sequence[str], stats: Mapping[str, PoolStats], routing: RoutingSettings, clock: Clock
+) -> Dispatcher:
+    """The policy and storm guard made from ``routing``, around ``stats``: the one wiring
+    the ingress and the simulator share."""
     return Dispatcher(
-        order, stats, policy, StormGuard(ratio=routing.retry_storm_ratio, clock=clock)
+        order,
+        stats,
+        build_policy(routing, clock),
+        StormGuard(ratio=routing.retry_storm_ratio, clock=clock),
     )

@@ -36,14 +36,24 @@ class Decision:
 
 
 class RoutingPolicy(ABC):
-    """Picks a pool for one request from per-pool snapshots."""
+    """Picks a pool for one request from per-pool snapshots (``pools`` in order of
+    preference); knows nothing about HTTP or Ray. The dispatcher calls exactly these."""
 
     @abstractmethod
-    def choose(self, pools: Sequence[PoolView]) -> Decision:
-        """``pools`` in order of preference."""
+    def choose(self, pools: Sequence[PoolView], *, queue_past_slo: bool = False) -> Decision:
+        """Where the request goes, or ``Decision(None, SHED)``. ``queue_past_slo``: a retry
+        storm is on (``serving.routing.storm``): queue where pools' own limits allow rather
+        than shed for the SLO."""
 
-    def on_completed(self, decision: Decision, latency_s: float) -> None:  # optional hook
-        return None
+    @abstractmethod
+    def admits(self, pools: Sequence[PoolView], *, queue_past_slo: bool = False) -> bool:
+        """Whether ``choose`` would route a request now rather than shed it, changing no
+        state (asked before a request's body is read)."""
+
+    @property
+    def spilling(self) -> bool:
+        """Whether requests are going past the preferred pool by choice (reports)."""
+        return False
 
 
 class SpilloverPolicy(RoutingPolicy):
