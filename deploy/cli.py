@@ -28,6 +28,7 @@ from deploy.values import (
     slo_origin,
     write_values,
 )
+from optimize.manifest import Device
 
 app = typer.Typer(help="Values from artifacts, latency-gated rollouts, cluster status.")
 
@@ -57,9 +58,9 @@ def _pools(artifacts: Path, specs: list[str]) -> dict[str, PoolArtifact]:
     for spec in specs:
         name, _, rest = spec.partition("=")
         subdir, _, device = rest.partition(":")
-        if not name or not subdir or device not in ("cuda", "cpu"):
+        if not name or not subdir or device not in set(Device):
             raise InvalidValues(f"--pool {spec!r}: write NAME=SUBDIR:DEVICE, e.g. gpu=fp16:cuda")
-        pools[name] = PoolArtifact(artifact=artifacts / subdir, device=device)
+        pools[name] = PoolArtifact(artifact=artifacts / subdir, device=Device(device))
     return pools
 
 

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -27,7 +27,9 @@ from deploy.errors import HelmFailed, InvalidValues
 from deploy.helm import DEFAULT_CHART, Helm
 from optimize.errors import ArtifactError
 from optimize.manifest import (
+    POOL_OF_DEVICE,
     WIDE_SPREAD,
+    Device,
     Manifest,
     artifact_digest,
     read_manifest,
@@ -43,7 +45,6 @@ from serving.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-Device = Literal["cuda", "cpu"]
 Values = dict[str, Any]
 
 MIB = 2**20
@@ -111,7 +112,7 @@ def slo_origin(pools: Mapping[str, PoolArtifact], slo_p99_seconds: float | None)
     the values file): the figure, and how far to trust it."""
     if slo_p99_seconds is not None:
         return f"SLO {slo_p99_seconds:g} s: given (--slo-p99-seconds)"
-    pool = sorted(pools, key=lambda name: pools[name].device != "cuda")[0]
+    pool = sorted(pools, key=lambda name: pools[name].device is not Device.CUDA)[0]
     spec = pools[pool]
     manifest = read_manifest(spec.artifact)
     latency = manifest.measurements.latency
@@ -129,7 +130,7 @@ def slo_origin(pools: Mapping[str, PoolArtifact], slo_p99_seconds: float | None)
     )
     sentence += f", slices {latency.spread:.2f}x apart)" if latency.spread else ")"
     warnings = []
-    if spec.device == "cuda" and not provider.startswith(("CUDA", "Tensorrt")):
+    if spec.device is Device.CUDA and not provider.startswith(("CUDA", "Tensorrt")):
         warnings.append(f"measured on {provider}, not the GPU this pool runs on")
     if latency.spread is not None and latency.spread > WIDE_SPREAD:
         warnings.append("measured on a busy machine (its slices disagree)")
@@ -182,7 +183,7 @@ def chart_values(
         raise InvalidValues(f"model {model!r}: no pools given; give at least one pool artifact")
     _check_headroom(headroom)
     manifests = {pool: _verified(pool, spec) for pool, spec in pools.items()}
-    order = sorted(pools, key=lambda pool: pools[pool].device != "cuda")
+    order = sorted(pools, key=lambda pool: pools[pool].device is not Device.CUDA)
     if slo_p99_seconds is None:
         slo_p99_seconds = default_slo_seconds(manifests[order[0]].measurements.latency.p99_s)
     worker_groups: dict[str, Any] = {}
@@ -455,7 +456,7 @@ def _verified(pool: str, spec: PoolArtifact) -> Manifest:
         manifest = verify_artifact(spec.artifact)
     except ArtifactError as exc:
         raise InvalidValues(f"pool {pool!r}: {exc}") from exc
-    if (spec.device == "cuda") != (manifest.pool == "gpu"):
+    if POOL_OF_DEVICE[spec.device] != manifest.pool:
         logger.warning(
             "pool %r runs %s on %s, but it was built for the %s pool",
             pool,
@@ -487,10 +488,10 @@ def _worker_group(
     group: dict[str, Any] = {
         "minReplicas": spec.min_replicas,
         "maxReplicas": spec.max_replicas,
-        "gpus": 1 if spec.device == "cuda" else 0,
+        "gpus": 1 if spec.device is Device.CUDA else 0,
         "resources": {"requests": dict(sized), "limits": dict(sized)},
     }
-    if spec.device == "cuda":
+    if spec.device is Device.CUDA:
         group["tolerations"] = [dict(GPU_TOLERATION)]
     return group
 
@@ -505,13 +506,13 @@ def _serving_pool(pool: str, spec: PoolArtifact, threads: int) -> dict[str, Any]
     on a GPU pool two batched calls at once, each with the CPUs for ONNX Runtime's own
     threads."""
     config: dict[str, Any] = {
-        "device": spec.device,
+        "device": spec.device.value,
         "replicas": {"min": spec.min_replicas, "max": spec.max_replicas},
         "num_cpus": threads,
         "resources": {f"pool-{pool}": 1},
         "max_queued_requests": QUEUE_ROWS,
     }
-    if spec.device == "cuda":
+    if spec.device is Device.CUDA:
         config |= {
             "num_gpus": 1,
             "threads": threads,

@@ -21,11 +21,11 @@ from optimize.audio import synthetic_set
 from optimize.checkpoint import SourceModel, load_checkpoint
 from optimize.errors import ArtifactNotFound, ArtifactRejected, InputError
 from optimize.evaluate import fidelity, task_metrics
-from optimize.manifest import MODEL_FILE, Manifest, read_manifest, verify_artifact
+from optimize.manifest import MODEL_FILE, Device, Manifest, read_manifest, verify_artifact
 from optimize.measure import Runner, interleaved_latencies, latency_stats, peak_rss, throughput
 from optimize.pipeline import SOURCE_DIR
 from optimize.progress import ProgressFn, no_progress
-from optimize.runtime import Device, open_session, provider_of, run_logits
+from optimize.runtime import open_session, provider_of, run_logits
 
 logger = logging.getLogger(__name__)
 

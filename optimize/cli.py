@@ -283,7 +283,7 @@ def bench(
 ) -> None:
     """Bench artifacts beside the PyTorch eager source, interleaved in one run."""
     from optimize.bench import BenchConfig, render_markdown, run_bench, write_outputs
-    from optimize.runtime import Device
+    from optimize.manifest import Device
 
     try:
         dev = Device(device)

@@ -38,7 +38,27 @@ class Precision(StrEnum):
     INT8 = "int8"
 
 
-PoolKind = Literal["gpu", "cpu"]
+class Device(StrEnum):
+    """Where a model runs: a serving pool's device, a measurement's."""
+
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+PoolKind = Literal["gpu", "cpu"]  # the hardware an artifact is built for (its ``pool``)
+# The one vocabulary between them: the pool kind of each device, the device of each kind,
+# the pool kind each precision is built for, and the ONNX Runtime providers of a device.
+POOL_OF_DEVICE: dict[Device, PoolKind] = {Device.CUDA: "gpu", Device.CPU: "cpu"}
+DEVICE_OF_POOL: dict[PoolKind, Device] = {kind: dev for dev, kind in POOL_OF_DEVICE.items()}
+POOL_OF_PRECISION: dict[Precision, PoolKind] = {
+    Precision.FP32: "cpu",
+    Precision.FP16: "gpu",
+    Precision.INT8: "cpu",
+}
+PROVIDERS: dict[Device, list[str]] = {
+    Device.CPU: ["CPUExecutionProvider"],
+    Device.CUDA: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+}
 
 
 class _Frozen(BaseModel):

@@ -15,7 +15,7 @@ import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import onnx
@@ -27,6 +27,7 @@ from optimize.gates import judge_table
 from optimize.manifest import (
     EXAMPLES_FILE,
     MODEL_FILE,
+    POOL_OF_PRECISION,
     GateResult,
     Manifest,
     Measurements,
@@ -73,11 +74,6 @@ _TYPES: dict[str, tuple[str, str]] = {
     "tensor(bool)": ("BOOL", "?"),
 }
 NUMPY_OF_V2 = {v2: np.dtype(code) for v2, code in _TYPES.values()}
-_POOL: dict[Precision, Literal["gpu", "cpu"]] = {
-    Precision.FP32: "cpu",
-    Precision.FP16: "gpu",
-    Precision.INT8: "cpu",
-}
 # Gates of a converted copy against the imported model, on the same inputs.
 DEFAULT_MIN_COSINE = {Precision.FP16: 0.999, Precision.INT8: 0.99}
 GATE_NAMES = ("min_cosine", "max_abs_error", "max_rel_error", "max_nonfinite_outputs")
@@ -448,7 +444,7 @@ def _artifact(
     manifest = Manifest(
         variant=label,
         precision=precision,
-        pool=_POOL[precision],
+        pool=POOL_OF_PRECISION[precision],
         created=utc_now(),
         source=source,
         input=spec,

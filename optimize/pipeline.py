@@ -28,11 +28,11 @@ from optimize.export import INPUT_NAME, OPSET, OUTPUT_NAME, check_export, export
 from optimize.gates import GateThresholds, judge, thresholds_for
 from optimize.manifest import (
     MODEL_FILE,
+    POOL_OF_PRECISION,
     WIDE_SPREAD,
     InputSpec,
     Manifest,
     Measurements,
-    PoolKind,
     Precision,
     QuantizationCandidate,
     Recipe,
@@ -63,11 +63,6 @@ from optimize.runtime import open_session, provider_of, run_logits
 logger = logging.getLogger(__name__)
 
 SOURCE_DIR = "source"
-_POOL: dict[Precision, PoolKind] = {
-    Precision.FP32: "cpu",
-    Precision.FP16: "gpu",
-    Precision.INT8: "cpu",
-}
 
 
 class OptimizeConfig(BaseModel):
@@ -264,7 +259,7 @@ def _manifest(
     return Manifest(
         variant=variant or precision.value,
         precision=precision,
-        pool=_POOL[precision],
+        pool=POOL_OF_PRECISION[precision],
         created=utc_now(),
         source=SourceInfo(
             model=config.model,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -11,21 +10,9 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from optimize.errors import InputError, ModelLoadError
+from optimize.manifest import PROVIDERS, Device
 
 logger = logging.getLogger(__name__)
-
-
-class Device(StrEnum):
-    """Where a benchmark or measurement runs."""
-
-    CPU = "cpu"
-    CUDA = "cuda"
-
-
-_PROVIDERS: dict[Device, list[str]] = {
-    Device.CPU: ["CPUExecutionProvider"],
-    Device.CUDA: ["CUDAExecutionProvider", "CPUExecutionProvider"],
-}
 
 
 def open_session(
@@ -45,7 +32,7 @@ def open_session(
         options.enable_cpu_mem_arena = False
         options.enable_mem_pattern = False
     try:
-        session = ort.InferenceSession(str(path), options, providers=_PROVIDERS[device])
+        session = ort.InferenceSession(str(path), options, providers=PROVIDERS[device])
     except (
         ort.capi.onnxruntime_pybind11_state.Fail,
         ort.capi.onnxruntime_pybind11_state.InvalidGraph,

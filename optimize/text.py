@@ -36,6 +36,7 @@ from optimize.gates import GATE_NAMES as CLASSIFIER_GATES
 from optimize.gates import GateThresholds, judge, judge_table
 from optimize.manifest import (
     MODEL_FILE,
+    POOL_OF_PRECISION,
     Fidelity,
     GateResult,
     Manifest,
@@ -75,11 +76,6 @@ DEFAULT_GATES: dict[Precision, dict[str, float]] = {
         "min_ranking_agreement": 0.95,
         "max_nonfinite_outputs": 0.0,
     },
-}
-_POOL: dict[Precision, Literal["gpu", "cpu"]] = {
-    Precision.FP32: "cpu",
-    Precision.FP16: "gpu",
-    Precision.INT8: "cpu",
 }
 
 
@@ -709,7 +705,7 @@ def _artifact(
     manifest = Manifest(
         variant=label,
         precision=precision,
-        pool=_POOL[precision],
+        pool=POOL_OF_PRECISION[precision],
         created=utc_now(),
         source=SourceInfo(
             model=config.model,

@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from optimize.manifest import Device
 from serving.errors import ConfigError, ServingError
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")]
@@ -85,7 +86,7 @@ class BatchingConfig(_Frozen):
 class PoolConfig(_Frozen):
     """A hardware pool: how its replicas run and how much each may hold."""
 
-    device: Literal["cuda", "cpu"] = "cpu"
+    device: Device = Field(Device.CPU, description="cuda: a GPU pool; cpu: CPUs only")
     replicas: ReplicasConfig = ReplicasConfig()
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
@@ -138,7 +139,7 @@ class PoolConfig(_Frozen):
 
     @model_validator(mode="after")
     def _gpu_needs_gpus(self) -> PoolConfig:
-        if self.device == "cuda" and self.num_gpus <= 0:
+        if self.device is Device.CUDA and self.num_gpus <= 0:
             raise ValueError("a cuda pool needs num_gpus > 0 (e.g. 1, or 0.5 to share a GPU)")
         return self
 

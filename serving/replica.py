@@ -31,6 +31,8 @@ from optimize.errors import OptimizeError
 from optimize.manifest import (
     EXAMPLES_FILE,
     MODEL_FILE,
+    PROVIDERS,
+    Device,
     Manifest,
     TensorsSpec,
     TextSpec,
@@ -53,11 +55,6 @@ from serving.protocols.v2 import (
 from serving.replica_memory import gpu_memory_bytes, memory_limit_bytes, rss_bytes
 
 logger = logging.getLogger(__name__)
-
-_PROVIDERS = {
-    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "cpu": ["CPUExecutionProvider"],
-}
 
 
 @dataclass(frozen=True)
@@ -110,10 +107,10 @@ def load_variant(ref: ArtifactRef, pool: PoolConfig) -> LoadedVariant:
     if not pool.spin_threads:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(
-        str(directory / MODEL_FILE), options, providers=_PROVIDERS[pool.device]
+        str(directory / MODEL_FILE), options, providers=PROVIDERS[pool.device]
     )
     provider = session.get_providers()[0]
-    if pool.device == "cuda" and provider != "CUDAExecutionProvider":
+    if pool.device is Device.CUDA and provider != "CUDAExecutionProvider":
         raise ConfigError(
             f"pool device is cuda but ONNX Runtime runs {directory} on {provider}: "
             "CUDA is not usable on this node"
@@ -473,7 +470,7 @@ class ModelReplica:
     def _report_gauges(self) -> None:
         """Load time, RSS, its limit and GPU memory of every variant."""
         rss, limit = float(rss_bytes()), float(memory_limit_bytes())
-        gpu = float(gpu_memory_bytes()) if self._config.device == "cuda" else 0.0
+        gpu = float(gpu_memory_bytes()) if self._config.device is Device.CUDA else 0.0
         for name in list(self._not_loaded):  # copies: a reconfigure may change them meanwhile
             tags = {"model": self._model, "variant": name, "pool": self._pool}
             self._metrics.loaded.set(0, tags=tags)
