@@ -45,7 +45,6 @@ from serving.config import (
     ServingConfig,
     ServingShape,
     replica_deployment_name,
-    with_variants,
 )
 from serving.errors import (
     BadRequest,
@@ -345,7 +344,7 @@ class Ingress:
     """Routes requests to the (model, pool) deployments."""
 
     def __init__(
-        self, shape: dict[str, Any], handles: dict[str, dict[str, DeploymentHandle]]
+        self, shape: ServingShape, handles: dict[str, dict[str, DeploymentHandle]]
     ) -> None:
         """``shape``: the serving config without its variants; they come with
         ``reconfigure`` (Serve calls it before the first request, and at each rollout
@@ -374,9 +373,7 @@ class Ingress:
         A step that cannot be applied (a manifest that cannot be read) leaves the variants
         as they were, logged: raising here would make Serve stop this replica."""
         try:
-            config = with_variants(
-                self._shape.model_dump(mode="json"), user_config.get("variants", {}), "user_config"
-            )
+            config = self._shape.with_variants(user_config.get("variants", {}), "user_config")
             # Manifests are small JSON files beside the artifacts: labels, rate, input names
             # (checked against the config's sha256; an http(s) artifact's manifest alone).
             manifests = await asyncio.to_thread(

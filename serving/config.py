@@ -6,6 +6,7 @@ One pydantic model validates both the local YAML file and, in the cluster, the R
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -312,6 +313,29 @@ class ServingShape(_Frozen):
     auth: AuthConfig = AuthConfig()
     metrics: MetricsConfig = MetricsConfig()
 
+    def with_variants(self, variants: Mapping[str, Any], origin: str) -> ServingConfig:
+        """The whole config: this shape (already parsed, not parsed again) and each model's
+        variants (``user_config`` JSON, parsed and checked against its routing here)."""
+        try:
+            models = {
+                name: ModelConfig(
+                    routing=model.routing,
+                    limits=model.limits,
+                    variants=dict(variants.get(name, {})),
+                )
+                for name, model in self.models.items()
+            }
+            return ServingConfig(
+                models=models,
+                pools=self.pools,
+                ingress=self.ingress,
+                http=self.http,
+                auth=self.auth,
+                metrics=self.metrics,
+            )
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc, origin)) from exc
+
     @model_validator(mode="after")
     def _pools_exist(self) -> ServingShape:
         for name, model in self.models.items():
@@ -328,6 +352,19 @@ class ServingConfig(ServingShape):
     """The whole serving application."""
 
     models: dict[Name, ModelConfig] = Field(min_length=1)  # type: ignore[assignment]
+
+    def as_shape(self) -> ServingShape:
+        """This config without its variants, as the parsed shape (nothing parsed again)."""
+        return ServingShape(
+            models={
+                n: ModelShape(routing=m.routing, limits=m.limits) for n, m in self.models.items()
+            },
+            pools=self.pools,
+            ingress=self.ingress,
+            http=self.http,
+            auth=self.auth,
+            metrics=self.metrics,
+        )
 
     def shape(self) -> dict[str, Any]:
         """This config without its variants, as JSON (the application's ``args``)."""

@@ -329,12 +329,12 @@ class ModelReplica:
         self,
         model: str,
         pool: str,
-        pool_config: dict[str, Any],
+        pool_config: PoolConfig | dict[str, Any],
     ) -> None:
         """The variants come with ``reconfigure`` (Serve calls it before the first request,
         and again whenever they change)."""
         self._model, self._pool = model, pool
-        self._config = PoolConfig.model_validate(pool_config)
+        self._config = PoolConfig.model_validate(pool_config)  # parsed already: kept as is
         self._metrics = ReplicaMetrics.create()
         self._variants: dict[str, LoadedVariant] = {}
         self._load_seconds: dict[str, float] = {}

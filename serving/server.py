@@ -148,7 +148,7 @@ def build_app(config: ServingConfig) -> Application:
     """The ingress bound to one replica deployment per (model, pool), each given its part
     of the variants as ``user_config`` (for ``serve.run``; `deploy` applies the same
     through Serve's config, where a change of variants restarts nothing)."""
-    return build_shape(ServingShape.model_validate(config.shape()), config)
+    return build_shape(config.as_shape(), config)
 
 
 def build_shape(shape: ServingShape, config: ServingConfig | None = None) -> Application:
@@ -163,15 +163,13 @@ def build_shape(shape: ServingShape, config: ServingConfig | None = None) -> App
             if config is not None:
                 options["user_config"] = replica_user_config(config, model_name, pool_name)
             handles[model_name][pool_name] = replica.options(**options).bind(
-                model_name, pool_name, pool.model_dump(mode="json")
+                model_name, pool_name, pool
             )
     ingress: Any = Ingress  # a Serve deployment; Ray's decorators are untyped here
     options = _ingress_options(shape)
     if config is not None:
         options["user_config"] = ingress_user_config(config)
-    application: Application = ingress.options(**options).bind(
-        shape.model_dump(mode="json"), dict(handles)
-    )
+    application: Application = ingress.options(**options).bind(shape, dict(handles))
     return application
 
 
