@@ -13,7 +13,6 @@ at run time, and Serve's class-based ingress hides this module's globals from it
 import asyncio
 import functools
 import hmac
-import json
 import logging
 import re
 import time
@@ -21,7 +20,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -35,9 +33,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from optimize.manifest import InputSpec, Manifest, TensorsSpec, TextSpec
-from optimize.manifest import TensorSpec as ManifestTensor
-from serving.audio_decode import decode_audio
+from optimize.manifest import Manifest
 from serving.auth import read_token
 from serving.build import build_version
 from serving.config import (
@@ -73,9 +69,7 @@ from serving.openapi import (
     components as openapi_components,
 )
 from serving.protocols.v2 import (
-    BYTES,
     HEADER_LENGTH,
-    TEXT_INPUT,
     TensorSpec,
     encode_infer_response,
     model_metadata,
@@ -85,15 +79,13 @@ from serving.routing.pool_stats import ReplicaState
 from serving.routing.ray_transport import RayTransport
 from serving.routing.router import MetricEvents, ModelRouter, Routed
 from serving.routing.variants import PIN_HEADER
+from serving.tasks import INLINE_DECODE_BYTES, Task, Verb, task_of
 
 logger = logging.getLogger(__name__)
 
 APP_NAME = "sluiceway"
 
 STATUS_POLL_SECONDS = 1.0
-# Bodies up to this size are decoded on the event loop: decoding them costs less than a
-# round trip through a worker thread.
-INLINE_DECODE_BYTES = 512 * 1024
 # How often the ingress looks for stalled replicas, at most (a quarter of the stall bound
 # when that is shorter): a hung replica's requests go elsewhere soon after the bound.
 STALL_CHECK_SECONDS = 0.25
@@ -293,32 +285,6 @@ def _ingress_timing(start: float) -> str:
     return f"ingress;dur={(time.perf_counter() - start) * 1e3:.1f}"
 
 
-def _v2_spec(tensor: ManifestTensor) -> TensorSpec:
-    """A manifest's tensor as v2 metadata: a free dimension is -1."""
-    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in tensor.shape)
-    return TensorSpec(tensor.name, tensor.datatype, shape)
-
-
-MAX_TEXTS = 256  # texts in one request: more is a batch job, not a request
-
-
-def _texts(body: bytes) -> np.ndarray:
-    """The ``text`` of a JSON body (a string or a non-empty list of them) as BYTES rows."""
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f'the body must be JSON like {{"text": "..."}}: {exc}') from exc
-    text = data.get("text") if isinstance(data, dict) else None
-    texts = [text] if isinstance(text, str) else text
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise BadRequest('"text" must be a string or a non-empty list of strings')
-    if len(texts) > MAX_TEXTS:
-        raise BadRequest(f"{len(texts)} texts in one request; at most {MAX_TEXTS}")
-    rows = np.empty(len(texts), dtype=object)
-    rows[:] = texts
-    return rows
-
-
 def _route_headers(routed: Routed, start: float, ingress: str) -> dict[str, str]:
     """Where the request went (ingress replica, pool, variant, why), and where its time went
     (``Server-Timing``, milliseconds: in the ingress in all, waiting on the replica, inside
@@ -363,6 +329,7 @@ class Ingress:
         self._config: ServingConfig | None = None
         self._routers: dict[str, ModelRouter] = {}
         self._manifests: dict[str, dict[str, Manifest]] = {}
+        self._tasks: dict[str, dict[str, Task]] = {}
         self._bytes_in_flight = 0  # request bodies held by this replica's handlers
         self._watcher: asyncio.Task[None] | None = None
 
@@ -402,6 +369,8 @@ class Ingress:
                 self._routers[name] = ModelRouter(name, model, config.pools, transport, events)
             # a request that chose a variant now gone still finds its manifest
             self._manifests[name] = self._manifests.get(name, {}) | manifests[name]
+            tasks = {v: task_of(m.input) for v, m in manifests[name].items()}
+            self._tasks[name] = self._tasks.get(name, {}) | tasks
         self._config = config
 
     async def _wait_loaded(self, model: str, pools: list[str], variants: set[str]) -> None:
@@ -647,14 +616,7 @@ class Ingress:
 
     def _signature(self, model: str, variant: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
         """A variant's inputs and outputs, from its manifest: metadata needs no pool up."""
-        spec = self._manifests[model][variant].input
-        if isinstance(spec, TensorsSpec):
-            return [_v2_spec(t) for t in spec.inputs], [_v2_spec(t) for t in spec.outputs]
-        if isinstance(spec, TextSpec):  # text in, tokenized by the replica
-            output = TensorSpec(spec.output_name, "FP32", (-1, spec.dimension))
-            return [TensorSpec(TEXT_INPUT, BYTES, (-1,))], [output]
-        inputs = [TensorSpec(spec.input_name, "FP32", (-1, -1))]
-        return inputs, [TensorSpec(spec.output_name, "FP32", (-1, len(spec.labels)))]
+        return self._tasks[model][variant].signature()
 
     # -- health and metadata ---------------------------------------------------------
 
@@ -792,83 +754,9 @@ class Ingress:
         openapi_extra=classify_docs(),
     )
     async def classify(self, model: str, request: Request) -> Response:
-        """A WAV/FLAC upload (or raw PCM: audio/l16;rate=N) -> labels and scores."""
-
-        async def handle(tally: Tally, start: float) -> Response:
-            router, body = await self._begin(model, request, tally)
-            spec = self._manifests[model][tally.variant].input
-            if isinstance(spec, TextSpec) and spec.task == "classify":
-                return await self._classify_text(model, spec, body, router, tally, start)
-            if not isinstance(spec, InputSpec):
-                raise BadRequest(
-                    f"model {model!r} is not a classifier (its artifact takes "
-                    f"{', '.join(t.name for t in spec.inputs)}): use POST /v2/models/{model}/infer"
-                    + (" or :embed" if isinstance(spec, TextSpec) else "")
-                )
-            limit = min(router.config.limits.max_audio_seconds, spec.max_seconds)
-            decode = functools.partial(
-                decode_audio,
-                body,
-                request.headers.get("content-type", "audio/wav"),
-                sample_rate=spec.sample_rate,
-                max_seconds=limit,
-            )
-            # A short clip decodes faster than a hop to a thread and back; a long one must
-            # not hold the event loop (every other request and health probe waits on it).
-            wave = decode() if len(body) <= INLINE_DECODE_BYTES else await asyncio.to_thread(decode)
-            inputs = {spec.input_name: wave[None, :]}
-            routed = await self._dispatch(router, tally, inputs, start)
-            logits = np.asarray(routed.outputs[spec.output_name], dtype=np.float64)[0]
-            scores = np.exp(logits - logits.max())
-            scores /= scores.sum()
-            labels = spec.labels
-            return JSONResponse(
-                {
-                    "model": model,
-                    "variant": routed.variant,
-                    "pool": routed.pool,
-                    "label": labels[int(scores.argmax())],
-                    "scores": {label: float(s) for label, s in zip(labels, scores, strict=True)},
-                    "seconds": wave.shape[0] / spec.sample_rate,
-                },
-                headers=_route_headers(routed, start, self._id),
-            )
-
-        return await self._answer(model, handle)
-
-    async def _classify_text(
-        self,
-        model: str,
-        spec: TextSpec,
-        body: bytes,
-        router: ModelRouter,
-        tally: Tally,
-        start: float,
-    ) -> Response:
-        """``{"text": ...}`` -> label and scores per text (sigmoid per label for a
-        multi-label head, softmax otherwise)."""
-        texts = _texts(body)
-        routed = await self._dispatch(router, tally, {TEXT_INPUT: texts}, start)
-        logits = np.asarray(routed.outputs[spec.output_name], dtype=np.float64)
-        if spec.multi_label:
-            scores = 1.0 / (1.0 + np.exp(-logits))
-        else:
-            scores = np.exp(logits - logits.max(axis=1, keepdims=True))
-            scores /= scores.sum(axis=1, keepdims=True)
-        results = [
-            {
-                "label": spec.labels[int(row.argmax())],
-                "labels": [name for name, v in zip(spec.labels, row, strict=True) if v >= 0.5]
-                if spec.multi_label
-                else [spec.labels[int(row.argmax())]],
-                "scores": {name: float(v) for name, v in zip(spec.labels, row, strict=True)},
-            }
-            for row in scores
-        ]
-        return JSONResponse(
-            {"model": model, "variant": routed.variant, "pool": routed.pool, "results": results},
-            headers=_route_headers(routed, start, self._id),
-        )
+        """A WAV/FLAC upload (or raw PCM: audio/l16;rate=N) -> labels and scores; for a
+        text classifier, ``{"text": ...}`` -> a label and scores per text."""
+        return await self._v1(model, "classify", request)
 
     @api.post(
         EMBED_PATH,
@@ -879,26 +767,22 @@ class Ingress:
     )
     async def embed(self, model: str, request: Request) -> Response:
         """``{"text": "..."}`` or ``{"text": ["...", ...]}`` -> one vector per text."""
+        return await self._v1(model, "embed", request)
+
+    async def _v1(self, model: str, verb: Verb, request: Request) -> Response:
+        """A v1 verb: the variant's task decodes the body and shapes the answer."""
 
         async def handle(tally: Tally, start: float) -> Response:
             router, body = await self._begin(model, request, tally)
-            spec = self._manifests[model][tally.variant].input
-            if not isinstance(spec, TextSpec) or spec.task != "embed":
-                raise BadRequest(
-                    f"model {model!r} is not a text embedding model: use "
-                    f"POST /v2/models/{model}/infer (or :classify for a classifier)"
-                )
-            texts = _texts(body)
-            routed = await self._dispatch(router, tally, {TEXT_INPUT: texts}, start)
-            vectors = np.asarray(routed.outputs[spec.output_name], dtype=np.float32)
+            task = self._tasks[model][tally.variant]
+            if task.verb != verb:
+                raise BadRequest(task.refusal(model, verb))
+            content_type = request.headers.get("content-type", "audio/wav")
+            decoded = await task.decode(body, content_type, router.config.limits)
+            routed = await self._dispatch(router, tally, decoded.inputs, start)
+            answer = {"model": model, "variant": routed.variant, "pool": routed.pool}
             return JSONResponse(
-                {
-                    "model": model,
-                    "variant": routed.variant,
-                    "pool": routed.pool,
-                    "dimension": int(vectors.shape[1]),
-                    "embeddings": vectors.tolist(),
-                },
+                answer | task.answer(routed.outputs, decoded),
                 headers=_route_headers(routed, start, self._id),
             )
 

@@ -107,13 +107,10 @@ def serve(
 
 def _verb(artifact: ArtifactRef) -> str | None:
     """The v1 verb a model answers: classify (audio, text classifiers), embed, or none."""
-    from optimize.manifest import InputSpec, TextSpec
     from serving.fetch import artifact_manifest
+    from serving.tasks import task_of
 
-    spec = artifact_manifest(artifact).input
-    if isinstance(spec, TextSpec):
-        return spec.task
-    return "classify" if isinstance(spec, InputSpec) else None
+    return task_of(artifact_manifest(artifact).input).verb
 
 
 def _build_first(model: str, artifacts: Path, *, gpu: bool, extra: str) -> StudentHandover | None:

@@ -29,13 +29,10 @@ from ray import serve
 
 from optimize.errors import OptimizeError
 from optimize.manifest import (
-    EXAMPLES_FILE,
     MODEL_FILE,
     PROVIDERS,
     Device,
     Manifest,
-    TensorsSpec,
-    TextSpec,
     verify_artifact,
 )
 from serving.batch_queue import BatchQueue, Entry
@@ -46,13 +43,13 @@ from serving.fetch import resolve_artifact
 from serving.metrics import ReplicaMetrics, refresh_forever
 from serving.protocols.v2 import (
     BYTES,
-    DATATYPES,
     ONNX_TO_V2,
     TEXT_INPUT,
     TensorSpec,
     check_inputs,
 )
 from serving.replica_memory import gpu_memory_bytes, memory_limit_bytes, rss_bytes
+from serving.tasks import task_of
 
 logger = logging.getLogger(__name__)
 
@@ -115,13 +112,8 @@ def load_variant(ref: ArtifactRef, pool: PoolConfig) -> LoadedVariant:
             f"pool device is cuda but ONNX Runtime runs {directory} on {provider}: "
             "CUDA is not usable on this node"
         )
-    spec = manifest.input
-    if isinstance(spec, TextSpec):
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(directory / spec.tokenizer_file))
-        tokenizer.enable_truncation(max_length=spec.max_length)
-        tokenizer.enable_padding()
+    tokenizer = task_of(manifest.input).load_tokenizer(directory)
+    if tokenizer is not None:  # text in: tokenized here
         return LoadedVariant(
             manifest=manifest,
             directory=directory,
@@ -305,20 +297,12 @@ class ReplicaRunner:
 
 
 def _warmup(variant: LoadedVariant) -> None:
-    """One call before the replica reports healthy: on the inputs the artifact was measured
-    on (any model), or one second of silence (audio)."""
-    spec = variant.manifest.input
-    if isinstance(spec, TensorsSpec):  # the inputs it was measured on, kept in the artifact
-        with np.load(variant.directory / EXAMPLES_FILE, allow_pickle=False) as data:
-            feeds = {name: data[name] for name in data.files}
-    elif isinstance(spec, TextSpec):
+    """One call before the replica reports healthy, on what its task says: the inputs an
+    imported model was measured on, one second of silence, a sentence."""
+    task = task_of(variant.manifest.input)
+    feeds = task.warmup_feeds(variant.directory, list(variant.inputs))
+    if feeds is None:  # text: the replica's own tokenizer makes them
         feeds = variant.feeds({TEXT_INPUT: np.array(["a sentence to warm up"], dtype=object)})
-    else:
-        feeds = {}
-        for tensor in variant.inputs:
-            shape = [1 if d < 0 else d for d in tensor.shape[:1]]
-            shape += [spec.sample_rate if d < 0 else d for d in tensor.shape[1:]]
-            feeds[tensor.name] = np.zeros(shape, dtype=DATATYPES[tensor.datatype])
     variant.session.run(None, feeds)
 
 
