@@ -97,7 +97,7 @@ class Load:
         self.endpoints = endpoints
         self.model, self.clients = model, clients
         self.answers: list[tuple[float, str, str]] = []  # when, variant, pool
-        self.failed: list[tuple[float, str]] = []
+        self.failed: list[tuple[float, str]] = []  # when the request was sent, what it got
         self._stop = threading.Event()
         self._body = pcm(0.5)
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
@@ -110,6 +110,7 @@ class Load:
                 while not self._stop.is_set():
                     base = self.endpoints[turn % len(self.endpoints)]
                     turn += 1
+                    sent = time.monotonic()
                     try:
                         r = await client.post(
                             f"{base}/v1/models/{self.model}:classify",
@@ -117,12 +118,10 @@ class Load:
                             headers=PCM,
                         )
                     except httpx.TransportError as exc:
-                        self.failed.append((time.monotonic(), f"{base}: {type(exc).__name__}"))
+                        self.failed.append((sent, f"{base}: {type(exc).__name__}"))
                         continue
                     if r.status_code != 200:
-                        self.failed.append(
-                            (time.monotonic(), f"{base}: {r.status_code} {r.text[:200]}")
-                        )
+                        self.failed.append((sent, f"{base}: {r.status_code} {r.text[:200]}"))
                         continue
                     h = r.headers
                     self.answers.append(
