@@ -173,12 +173,20 @@ def cluster(
     head_spec = spec["headGroupSpec"]
     head_params = dict(head_spec.get("rayStartParams") or {})
     head_port = str(head_params.get("port", DEFAULT_GCS_PORT))
+    # (pod name, group, node type, group spec): the head, then each group's replicas
+    plan: list[tuple[str, str, NodeType, Mapping[str, Any]]] = [
+        (f"{cluster_name}-head", "headgroup", "head", head_spec)
+    ]
+    for group in spec.get("workerGroupSpecs") or []:
+        name = str(group["groupName"])
+        count = (replicas or {}).get(name, int(group.get("replicas", group.get("minReplicas", 0))))
+        plan += [(f"{cluster_name}-{name}-worker-{i}", name, "worker", group) for i in range(count)]
     pods = [
         _pod(
-            f"{cluster_name}-head",
-            "headgroup",
-            "head",
-            head_spec,
+            pod_name,
+            group_name,
+            node_type,
+            group_spec,
             cluster_name=cluster_name,
             namespace=namespace,
             head_port=head_port,
@@ -187,28 +195,8 @@ def cluster(
             version=version,
             secrets=secrets or {},
         )
+        for pod_name, group_name, node_type, group_spec in plan
     ]
-    for group in spec.get("workerGroupSpecs") or []:
-        group_name = str(group["groupName"])
-        count = (replicas or {}).get(
-            group_name, int(group.get("replicas", group.get("minReplicas", 0)))
-        )
-        for index in range(count):
-            pods.append(
-                _pod(
-                    f"{cluster_name}-{group_name}-worker-{index}",
-                    group_name,
-                    "worker",
-                    group,
-                    cluster_name=cluster_name,
-                    namespace=namespace,
-                    head_port=head_port,
-                    head_service=head_service,
-                    autoscaling=autoscaling,
-                    version=version,
-                    secrets=secrets or {},
-                )
-            )
     return Cluster(
         name=cluster_name,
         namespace=namespace,

@@ -49,8 +49,8 @@ def serve(
     ),
 ) -> None:
     """Serve models over HTTP on Ray Serve (GPU pool first, CPU pool on spillover)."""
-    from serving.app import APP_NAME
     from serving.config import load_config
+    from serving.control import APP_NAME
     from serving.defaults import config_for_artifacts, cuda_usable
     from serving.server import deploy, start, stop
 

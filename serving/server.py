@@ -16,7 +16,7 @@ from ray.serve.context import _get_global_client  # what `serve run CONFIG` depl
 from ray.serve.deployment import Application
 from ray.serve.schema import ServeDeploySchema
 
-from serving.app import APP_NAME, Ingress
+from serving.app import Ingress
 from serving.auth import read_token
 from serving.config import (
     INGRESS_NAME,
@@ -25,6 +25,7 @@ from serving.config import (
     ServingShape,
     replica_deployment_name,
 )
+from serving.control import APP_NAME
 from serving.errors import ConfigError
 from serving.replica import ModelReplica
 

@@ -48,6 +48,11 @@ class Task(ABC):
 
     verb: Verb | None = None  # the v1 verb it answers; None: v2 only
 
+    @property
+    def labels(self) -> list[str]:
+        """The labels a classifier answers; none for other kinds."""
+        return []
+
     @abstractmethod
     def signature(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
         """Its v2 inputs and outputs, as clients send and receive them."""
@@ -99,6 +104,10 @@ class AudioClassify(Task):
 
     def __init__(self, spec: InputSpec) -> None:
         self.spec = spec
+
+    @property
+    def labels(self) -> list[str]:
+        return self.spec.labels
 
     def signature(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
         spec = self.spec
@@ -200,6 +209,10 @@ class TextClassify(_Text):
     head, softmax otherwise)."""
 
     verb = "classify"
+
+    @property
+    def labels(self) -> list[str]:
+        return self.spec.labels
 
     def answer(self, outputs: Tensors, decoded: Decoded) -> dict[str, Any]:
         spec = self.spec

@@ -26,7 +26,7 @@ from serving.batch_queue import BatchQueue, Entry
 from serving.calls import Outcome, Status
 from serving.calls import Reply as CallReply
 from serving.errors import DeadlineExceeded, ModelUnavailable, PoolSaturated
-from serving.routing.core import Attempt, Course, PoolLimits, RouterCore
+from serving.routing.core import Attempt, Course, NoEvents, PoolLimits, RouterCore
 from serving.routing.policy import Reason
 from serving.routing.pool_stats import ANY_REPLICA, ReplicaState
 from simulate.scenario import Failure, Pool, Scenario
@@ -226,23 +226,11 @@ class Ingress:
         self.pending.clear()
 
 
-class _Records:
+class _Records(NoEvents):
     """The router core's events the simulation keeps: when a pool went unhealthy."""
 
     def __init__(self, sim: Simulation) -> None:
         self.sim = sim
-
-    def retried(self, pool: str, reason: str) -> None:
-        return None
-
-    def shed(self) -> None:
-        return None
-
-    def spilled(self, from_pool: str, to_pool: str, reason: str) -> None:
-        return None
-
-    def stalled(self, pool: str) -> None:
-        return None
 
     def pool_lost(self, pool: str) -> None:
         self.sim.records.pool_lost.append((pool, self.sim.now))

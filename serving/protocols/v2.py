@@ -23,6 +23,11 @@ HEADER_LENGTH = "inference-header-content-length"
 MAX_ELEMENTS = 1 << 28  # far above any body the size limit lets through
 MAX_DIMS = 32  # numpy allows 32 (1.x) or 64 (2.x); no model takes more
 
+INFER_PATH = "/v2/models/{model}/infer"
+INFER_VERSION_PATH = "/v2/models/{model}/versions/{version}/infer"
+# The routes that run a model, and the ingress method that answers each (answered before
+# FastAPI's routing, ``serving.http``).
+INFERENCE_ROUTES = {INFER_PATH: "infer", INFER_VERSION_PATH: "infer_version"}
 DATATYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype("<u1"),

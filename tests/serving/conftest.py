@@ -81,8 +81,8 @@ def serving_config(
 def deploy(config: dict[str, Any]) -> None:
     from ray import serve
 
-    from serving.app import APP_NAME
     from serving.config import parse_config
+    from serving.control import APP_NAME
     from serving.server import QUIET_LOGS, build_app
 
     serve.run(

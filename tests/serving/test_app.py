@@ -112,6 +112,8 @@ def test_classify_a_wav_upload(server: str, clips: np.ndarray, tiny_artifacts: P
         assert result["pool"] == response.headers["x-sluiceway-pool"]
     listing = httpx.get(f"{server}/v1/models", headers=AUTH, timeout=30).json()
     assert listing["models"][0]["name"] == "tiny"
+    assert listing["models"][0]["verb"] == "classify"
+    assert listing["models"][0]["labels"] == labels
     assert [p["name"] for p in listing["models"][0]["pools"]] == ["fast", "slow"]
     assert httpx.get(f"{server}/openapi.json", timeout=30).json()["info"]["title"] == "Sluiceway"
 
@@ -250,8 +252,8 @@ def test_the_ingress_reads_the_replica_states_serve_status_reports(server: str) 
     pydantic models); both must say the same."""
     from ray import serve
 
-    from serving.app import APP_NAME, DeploymentState, deployment_states
     from serving.config import replica_deployment_name
+    from serving.control import APP_NAME, DeploymentState, deployment_states
 
     states = deployment_states(APP_NAME)
     public = serve.status().applications[APP_NAME].deployments

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from fastapi.responses import JSONResponse
 
-from serving.app import Ingress, Tally, _serving_error
+from serving.app import Ingress, Tally
 from serving.errors import BadRequest, ServingError
+from serving.http import _serving_error
 
 
 class Recorder:
@@ -37,7 +39,7 @@ def ingress() -> Any:
     wrapper = Ingress.func_or_class
     cls = next(c for c in wrapper.__mro__[1:] if c.__module__ == "serving.app")
     bare = cls.__new__(cls)
-    bare._routers = {}
+    bare._control = SimpleNamespace(routers={})
     bare._metrics = Metrics()
     bare._bytes_in_flight = 0
     return bare

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 
-from serving.app import FAST_ROUTES, api
+from serving.app import api
+from serving.http import FAST_ROUTES
 
 
 def concrete(template: str) -> str:
@@ -13,6 +14,7 @@ def concrete(template: str) -> str:
 
 
 def test_every_declared_inference_route_takes_the_fast_path_and_nothing_else() -> None:
+    assert set(FAST_ROUTES.values()) == {"infer", "infer_version", "classify", "embed"}
     declared = api.openapi()["paths"]
     fast = {path for path in declared if path in FAST_ROUTES}
     assert fast == set(FAST_ROUTES), "each fast route is a declared route"

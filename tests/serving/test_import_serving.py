@@ -31,21 +31,11 @@ def _model(directory: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def imported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def imported(tmp_path_factory: pytest.TempPathFactory, vad_artifact: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("imported")
     tokens = token_model(root / "tokens.onnx")
     import_model(ImportConfig(model=tokens, output=root / "tokens", latency_runs=5, samples=2))
-    state = {"state": np.zeros((2, 1, 128), np.float32)}
-    np.savez(root / "chunk.npz", **(silero_inputs(1)[0] | state))
-    import_model(
-        ImportConfig(
-            model=silero_vad(),
-            output=root / "vad",
-            example_inputs=(root / "chunk.npz",),
-            latency_runs=5,
-        )
-    )
-    return {"tokens": root / "tokens" / "fp32", "vad": root / "vad" / "fp32", "onnx": tokens}
+    return {"tokens": root / "tokens" / "fp32", "vad": vad_artifact, "onnx": tokens}
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +117,4 @@ def test_audio_classify_on_a_tensor_model_says_to_use_v2(server: str) -> None:
     assert "/v2/models/vad/infer" in response.json()["error"]
     listing = httpx.get(f"{server}/v1/models", headers=AUTH, timeout=30).json()["models"]
     assert {m["name"]: m["labels"] for m in listing} == {"tokens": [], "vad": []}
+    assert {m["name"]: m["verb"] for m in listing} == {"tokens": None, "vad": None}  # v2 only

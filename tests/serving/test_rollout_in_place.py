@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from serving.app import APP_NAME, deployment_states
 from serving.config import parse_config
+from serving.control import APP_NAME, deployment_states
 from serving.server import application_config, deploy
 from tests.conftest import TOKEN
 from tests.serving.conftest import artifact, serving_config

@@ -70,6 +70,7 @@ def test_embed_answers_one_vector_per_text(server: str, minilm_artifacts: Path) 
     assert alone @ batched / np.linalg.norm(alone) / np.linalg.norm(batched) > 0.99
     listing = httpx.get(f"{server}/v1/models", headers=AUTH, timeout=30).json()["models"]
     assert listing[0]["labels"] == []  # an embedding model has none
+    assert listing[0]["verb"] == "embed"  # what to call it with
 
 
 def test_v2_takes_raw_text_as_bytes_through_tritonclient(

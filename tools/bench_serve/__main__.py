@@ -316,7 +316,7 @@ def section_sweep(
     served_artifact = Path(settings.models[model].variants["default"].artifacts["cpu"].uri)
     from ray import serve
 
-    from serving.app import APP_NAME
+    from serving.control import APP_NAME
     from serving.server import build_app
 
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", logging_config=QUIET_LOGS)

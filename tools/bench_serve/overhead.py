@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from optimize.manifest import artifact_digest
-from serving.app import APP_NAME, direct
 from serving.config import PoolConfig, parse_config
+from serving.control import APP_NAME, direct
 from serving.replica import inference_executor
 from serving.server import QUIET_LOGS, build_app
 
