@@ -74,12 +74,14 @@ def _duration(seconds: float) -> str:
 
 class ProgressBar:
     """A ``ProgressFn`` drawing one rich bar per stage on stderr (with the time a stage is
-    likely to take still); plain lines instead with ``lines``; silent when quiet or, for
-    bars, off a TTY."""
+    likely to take still); plain lines instead with ``lines`` or off a TTY (a pipe, a CI
+    log: a bar would not show there, and a long build would say nothing); silent when
+    quiet."""
 
     def __init__(self, *, quiet: bool = False, lines: bool = False) -> None:
+        lines = lines or not sys.stderr.isatty()
         self._lines = ProgressLines() if lines and not quiet else None
-        self._enabled = not quiet and not lines and sys.stderr.isatty()
+        self._enabled = not quiet and not lines
         self._progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),

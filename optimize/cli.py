@@ -102,7 +102,9 @@ def optimize(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     progress_lines: bool = typer.Option(
-        False, help="Progress as a plain line per stage and every 30 s (logs, background)."
+        False,
+        help="Progress as a plain line per stage and every 30 s (logs, background); the "
+        "default when stderr is not a terminal.",
     ),
 ) -> None:
     """Build verified, measured ONNX artifacts (fp32, fp16, int8) from a checkpoint."""
