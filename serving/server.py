@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -297,15 +298,16 @@ def _wait_running(names: set[str], deploy_id: str, timeout_s: float) -> None:
     it) and the application and every deployment run it, or say why not."""
     deadline = time.monotonic() + timeout_s
     status, message, failed = "", "", 0
+    deployments: dict[str, Any] = {}
     while time.monotonic() < deadline:
         app = _get_global_client().get_serve_details()["applications"].get(APP_NAME, {})
         status, message = app.get("status", ""), app.get("message", "")
+        deployments = app.get("deployments", {})
         # a failure reported that often is this deploy's, not one the controller has yet
         # to replace with DEPLOYING (it takes a new config on its next loop, ~0.1 s)
         failed = failed + 1 if status == "DEPLOY_FAILED" else 0
         if failed >= FAILED_POLLS:
             break
-        deployments = app.get("deployments", {})
         taken = set(deployments) == names and all(
             (d["deployment_config"].get("user_config") or {}).get(DEPLOY_ID) == deploy_id
             for d in deployments.values()
@@ -314,11 +316,35 @@ def _wait_running(names: set[str], deploy_id: str, timeout_s: float) -> None:
         if status == "RUNNING" and taken and healthy:
             return
         time.sleep(DEPLOY_POLL_S)
+    reasons = failure_reasons(deployments)
     raise ConfigError(
         f"the application did not reach RUNNING within {timeout_s:g} s (status {status}"
         + (f": {message}" if message else "")
-        + "); the Ray logs under /tmp/ray/session_latest/logs/serve say more"
+        + ")"
+        + "".join(f"\n  {reason}" for reason in reasons)
+        + ("\n" if reasons else "; ")
+        + "the Ray logs under /tmp/ray/session_latest/logs/serve say more"
     )
+
+
+# the line a Python traceback ends with: ``package.module.SomeError: what went wrong``
+_RAISED = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*): (.+)$")
+
+
+def failure_reasons(deployments: dict[str, Any]) -> list[str]:
+    """Why each failed deployment failed, one line each: the exception its replica raised
+    (Serve keeps it, traceback and all, in the deployment's message), else Serve's own
+    first line; one line for deployments that failed for the same reason."""
+    by_reason: dict[str, list[str]] = defaultdict(list)
+    for name, details in deployments.items():
+        message = details.get("message") or ""
+        if details.get("status") not in ("DEPLOY_FAILED", "UNHEALTHY") or not message:
+            continue
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        raised = [m for m in map(_RAISED.match, lines) if m and not m[2].startswith("Traceback")]
+        reason = f"{raised[-1][1]}: {raised[-1][2]}" if raised else lines[0]
+        by_reason[reason].append(name)
+    return [f"{', '.join(names)}: {reason}" for reason, names in by_reason.items()]
 
 
 def stop(*, joined: bool = False) -> None:

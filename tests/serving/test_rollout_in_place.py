@@ -18,8 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
+from optimize.manifest import artifact_digest, model_digest, read_manifest
 from serving.config import parse_config
 from serving.control import APP_NAME, deployment_states
+from serving.errors import ConfigError
 from serving.server import application_config, deploy
 from tests.conftest import TOKEN
 from tests.serving.conftest import artifact, serving_config
@@ -143,3 +145,33 @@ def test_the_application_config_carries_the_variants_outside_args(
     fast = user_configs["tiny-fast"]["artifacts"]
     assert fast["stable"]["uri"] == str(tiny_artifacts / "int8")
     assert set(fast) == {"stable", "fp16"}
+
+
+def test_a_deploy_that_fails_says_what_its_replicas_said(
+    ray_serve: dict[str, int], tiny_artifacts: Path, token_file: Path
+) -> None:
+    """A config pinned with an older sluiceway's model-only digest: no replica can load it,
+    and the error `sluiceway serve` prints names the digest to pin instead (the replicas'
+    own words, which Serve keeps in each deployment's status), not just DEPLOY_FAILED."""
+    from ray import serve
+
+    # a first deploy, as `sluiceway serve` makes (a running app would keep its variants
+    # through a step it cannot apply: the in-place test above)
+    serve.delete(APP_NAME)
+    raw = serving_config(tiny_artifacts, token_file, ports=ray_serve)
+    int8 = tiny_artifacts / "int8"
+    old = {"uri": str(int8), "sha256": model_digest(read_manifest(int8))}
+    raw["models"]["tiny"]["variants"] = {
+        "stable": {"weight": 100, "artifacts": {"fast": old, "slow": old}}
+    }
+    with pytest.raises(ConfigError) as failed:
+        deploy(parse_config(raw), timeout_s=180)
+    lines = str(failed.value).splitlines()
+    assert "DEPLOY_FAILED" in lines[0]
+    pinned = f"pin the whole artifact with {artifact_digest(int8)}"
+    # each failed deployment named, with its replica's exception and the fix in it
+    assert any(line.startswith("  ingress: ArtifactFetchError: ") for line in lines), lines
+    for pool in ("fast", "slow"):
+        prefix = f"  tiny-{pool}: ConfigError: tiny on pool {pool}: no variant could be loaded"
+        assert any(line.startswith(prefix) and pinned in line for line in lines), lines
+    assert "Traceback" not in str(failed.value)
