@@ -145,11 +145,45 @@ def _size(spec: TensorSpec, axis: int, dim: int | str, dims: Mapping[str, int]) 
     return 1 if axis == 0 else 16
 
 
+# what an index passes through unchanged on its way to a Gather's table
+_INDEX_PRESERVING = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Identity", "Flatten", "Expand"}
+SEEDED_INT_HIGH = 10  # integers below this, unless a table the graph gathers from is smaller
+
+
+def index_bounds(path: Path, inputs: Sequence[TensorSpec]) -> dict[str, int]:
+    """For each integer input that indexes a table in the graph (token ids, token types,
+    positions), the rows of its smallest such table: ids at or above it make ONNX Runtime's
+    Gather fail, or a model produce garbage."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    rows = {t.name: int(t.dims[0]) for t in graph.initializer if t.dims}
+    bounds: dict[str, int] = {}
+    for spec in inputs:
+        if NUMPY_OF_V2[spec.datatype].kind not in "iu":
+            continue
+        carries = {spec.name}
+        for node in graph.node:  # in topological order, as ONNX requires
+            if node.op_type in _INDEX_PRESERVING and node.input and node.input[0] in carries:
+                carries.update(node.output)
+            elif node.op_type == "Gather" and len(node.input) == 2 and node.input[1] in carries:
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                table = node.input[0]
+                if axis == 0 and table in rows:
+                    bounds[spec.name] = min(bounds.get(spec.name, rows[table]), rows[table])
+    return bounds
+
+
 def seeded_inputs(
-    inputs: Sequence[TensorSpec], dims: Mapping[str, int], count: int, seed: int
+    inputs: Sequence[TensorSpec],
+    dims: Mapping[str, int],
+    count: int,
+    seed: int,
+    bounds: Mapping[str, int] | None = None,
 ) -> list[Feeds]:
     """``count`` input sets built from the signature: free dimensions from ``dims`` (else 1
-    on the first axis, 16 elsewhere); floats normal, integers in [0, 10), booleans."""
+    on the first axis, 16 elsewhere); floats normal; an integer input named as a mask all
+    ones (every token attended, as in an unpadded request: a mask holds 0 or 1); other
+    integers in [0, 10) and below ``bounds`` (the rows of the table an input indexes,
+    ``index_bounds``); booleans."""
     rng = np.random.default_rng(seed)
     sets = []
     for _ in range(count):
@@ -157,12 +191,15 @@ def seeded_inputs(
         for spec in inputs:
             shape = [_size(spec, axis, d, dims) for axis, d in enumerate(spec.shape)]
             dtype = NUMPY_OF_V2[spec.datatype]
+            high = min(SEEDED_INT_HIGH, (bounds or {}).get(spec.name, SEEDED_INT_HIGH))
             if dtype.kind == "f":
                 feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
             elif dtype.kind == "b":
                 feeds[spec.name] = rng.integers(0, 2, shape).astype(bool)
+            elif spec.name.lower().endswith("mask"):
+                feeds[spec.name] = np.ones(shape, dtype)
             else:
-                feeds[spec.name] = rng.integers(0, 10, shape).astype(dtype)
+                feeds[spec.name] = rng.integers(0, max(high, 1), shape).astype(dtype)
         sets.append(feeds)
     return sets
 
@@ -357,13 +394,19 @@ def _import_into(config: ImportConfig, work: Path, progress: ProgressFn) -> list
     inputs, outputs = read_signature(session)
     progress("reading examples", 0, 0)
     if config.example_inputs:
+        if config.dims:
+            raise InputError(
+                f"--dim {sorted(config.dims)}: sizes are for seeded inputs; with "
+                "--example-inputs the examples' own shapes are measured: drop one of the two"
+            )
         sets = load_examples(config.example_inputs, inputs)
     else:
         unknown = sorted(set(config.dims) - {str(d) for s in inputs for d in s.shape})
         if unknown:
             free = sorted({str(d) for s in inputs for d in s.shape if not isinstance(d, int)})
             raise InputError(f"--dim {unknown}: no such free dimension; the model has {free}")
-        sets = seeded_inputs(inputs, config.dims, config.samples, config.seed)
+        bounds = index_bounds(original / MODEL_FILE, inputs)
+        sets = seeded_inputs(inputs, config.dims, config.samples, config.seed, bounds)
     reference = _run_all(session, sets)
     spec = TensorsSpec(
         inputs=inputs,

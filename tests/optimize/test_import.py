@@ -11,8 +11,8 @@ import pytest
 
 from optimize.errors import InputError
 from optimize.manifest import EXAMPLES_FILE, TensorFidelity, TensorsSpec, verify_artifact
-from optimize.onnx_import import ImportConfig, import_model
-from tests.import_models import silero_inputs, silero_vad, token_model
+from optimize.onnx_import import ImportConfig, import_model, index_bounds
+from tests.import_models import minilm_three_inputs, silero_inputs, silero_vad, token_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -85,6 +85,37 @@ def test_a_stateful_third_party_model_is_measured_on_its_example_inputs(
     assert manifest.accepted
     with np.load(output / "fp32" / EXAMPLES_FILE) as kept:  # the replica warms up on these
         assert int(kept["sr"]) == 16000
+
+
+@pytest.mark.slow
+def test_seeded_ids_stay_within_the_tables_a_real_text_encoder_gathers_from(
+    tmp_path: Path,
+) -> None:
+    """The real all-MiniLM-L6-v2 with ``token_type_ids``: seeded ids of 0-9 there fell
+    outside its 2-row token type table and the import failed; they are kept below it."""
+    model = minilm_three_inputs(tmp_path / "minilm.onnx")
+    built = import_model(
+        ImportConfig(model=model, output=tmp_path / "minilm", latency_runs=5, samples=3)
+    )
+    fidelity = built[0].fidelity
+    assert isinstance(fidelity, TensorFidelity) and fidelity.nonfinite_outputs == 0
+    assert index_bounds(model, built[0].input.inputs) == {  # type: ignore[union-attr]
+        "input_ids": 30522,  # the vocabulary
+        "token_type_ids": 2,
+    }
+
+
+def test_dims_with_example_inputs_are_refused_not_ignored(tmp_path: Path) -> None:
+    np.savez(tmp_path / "one.npz", **silero_inputs(1)[0])
+    config = ImportConfig(
+        model=silero_vad(),
+        output=tmp_path / "vad",
+        example_inputs=(tmp_path / "one.npz",),
+        dims={"batch": 4},
+    )
+    with pytest.raises(InputError, match=r"--dim \['batch'\]: sizes are for seeded inputs"):
+        import_model(config)
+    assert not (tmp_path / "vad").exists()
 
 
 def test_example_inputs_that_do_not_match_are_refused_naming_the_input(
