@@ -74,6 +74,11 @@ from serving.tasks import INLINE_DECODE_BYTES, Verb
 logger = logging.getLogger(__name__)
 
 
+# the requests a refusal ended, as requests_rejected_total labels them: a shed 503
+# (whichever limit refused it: pools full, the ingress's body bytes) and a 504
+REJECTED_AS = {PoolSaturated.reason: "saturated", DeadlineExceeded.reason: "deadline"}
+
+
 @dataclass
 class Tally:
     """One inference request's labels, filled in as they become known."""
@@ -240,7 +245,6 @@ class Ingress:
             async with asyncio.timeout(remaining):  # no extra task, unlike wait_for
                 routed = await router.infer(tally.variant, inputs, time.time() + remaining)
         except (TimeoutError, DeadlineExceeded) as exc:
-            self._metrics.rejected.inc(tags={"model": router.name, "reason": "deadline"})
             raise DeadlineExceeded(
                 f"model {router.name!r}: no result within the {budget:g} s deadline"
             ) from (None if isinstance(exc, TimeoutError) else exc)
@@ -263,6 +267,8 @@ class Ingress:
         tags["code"] = str(code)
         self._metrics.request_duration.observe(seconds, tags=tags)
         self._metrics.requests.inc(tags=tags | {"reason": reason})
+        if reason in REJECTED_AS:  # here alone: every shed counts, whichever limit shed it
+            self._metrics.rejected.inc(tags={"model": tally.model, "reason": REJECTED_AS[reason]})
 
     def _variant(self, router: ModelRouter, request: Request, pinned: str | None = None) -> str:
         return router.splitter.choose(pinned or request.headers.get(PIN_HEADER))

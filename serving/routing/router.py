@@ -81,7 +81,7 @@ class MetricEvents:
         self._metrics.retries.inc(tags={"model": self._model, "pool": pool, "reason": reason})
 
     def shed(self) -> None:
-        self._metrics.rejected.inc(tags={"model": self._model, "reason": "saturated"})
+        return None  # the ingress counts the 503 it answers (Ingress._record)
 
     def spilled(self, from_pool: str, to_pool: str, reason: str) -> None:
         tags = {"model": self._model, "from_pool": from_pool, "to_pool": to_pool}

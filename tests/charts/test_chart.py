@@ -561,3 +561,30 @@ def test_the_readme_example_values_install(tmp_path: Path) -> None:
         "cpu",
     }
     assert all(schema_errors(d) == [] for kind in docs.values() for d in kind)
+
+
+def test_the_dashboard_and_the_alert_count_errors_and_sheds_alike(values_file: Path) -> None:
+    """One definition of an error (a 5xx that is not a shed) and of a shed, read by the
+    Error ratio panel and SluicewayErrorRatioHigh, the shed panel and SluicewayRequestsShed."""
+    docs = by_kind(render(values_file))
+    rules = {
+        r["alert"]: r["expr"]
+        for group in docs["PrometheusRule"][0]["spec"]["groups"]
+        for r in group["rules"]
+    }
+    dashboard = json.loads(docs["ConfigMap"][0]["data"]["sluiceway.json"])
+    panels = {p["title"]: [t["expr"] for t in p["targets"]] for p in dashboard["panels"]}
+
+    def matchers(expr: str, metric: str) -> set[str]:
+        found = re.findall(re.escape(metric) + r"\{([^}]*)\}", expr)
+        return {m.strip() for m in found[0].split(",") if not m.strip().startswith("model")}
+
+    errors = "ray_sluiceway_requests_total"
+    assert matchers(rules["SluicewayErrorRatioHigh"], errors) == {'code=~"5.."', 'reason!="shed"'}
+    assert matchers(panels["Error ratio"][0], errors) == matchers(
+        rules["SluicewayErrorRatioHigh"], errors
+    )
+    shed = "ray_sluiceway_requests_rejected_total"
+    shed_panel = next(exprs for exprs in panels.values() if any(shed in e for e in exprs))
+    assert matchers(rules["SluicewayRequestsShed"], shed) == {'reason="saturated"'}
+    assert "reason" in shed_panel[0]  # the panel splits saturated from deadline by reason

@@ -32,6 +32,7 @@ class Metrics:
     def __init__(self) -> None:
         self.requests = Recorder()
         self.request_duration = Recorder()
+        self.rejected = Recorder()
 
 
 def ingress() -> Any:
@@ -124,5 +125,16 @@ def test_body_bytes_in_flight_are_bounded_per_ingress_and_released() -> None:
     server._bytes_in_flight = 0
     asyncio.run(server._answer("m", holds_then_ends))
     assert server._bytes_in_flight == 0
+    # a body the ingress's bytes refuse is a shed like any other: in requests_total with
+    # reason shed and in requests_rejected_total as saturated, what the alert and the
+    # dashboard's shed panel read
+    server._bytes_in_flight = 8_000
+    with pytest.raises(PoolSaturated):
+        asyncio.run(server._answer("m", holds_then_ends))
+    assert [(t["code"], t["reason"]) for t in server._metrics.requests.seen] == [
+        ("503", "shed")  # (the 200 above is counted once written: never, here)
+    ]
+    assert server._metrics.rejected.seen == [{"model": "unknown", "reason": "saturated"}]
+    server._bytes_in_flight = 0
     # one body larger than the bound alone is the model's size limit's business, not this
     server._hold_bytes(Tally("m"), 50_000, router)
