@@ -7,8 +7,9 @@ bring the distilled student in once it has passed its gates.
    where CUDA is usable) are built first, in the foreground, with progress;
 2. serving starts;
 3. ``student-int8`` is built in a background process at low priority; when it passes its
-   gates the app is redeployed with it on the CPU pool (Serve replaces the CPU replica;
-   requests in between wait for the new one, none fails), and a line says so. When it
+   gates the app is redeployed with it on the CPU pool (a change of variants only: the
+   running CPU replica loads it beside ``int8`` and swaps in place, nothing restarts, no
+   request fails), and a line says so. When it
    fails its gates, the CPU pool keeps ``int8``.
 
 Builds run ``sluiceway optimize --add`` in a child process: serving never imports torch.
