@@ -82,7 +82,9 @@ def optimize(
     gate: list[str] = typer.Option(
         [], "--gate", help="Override a gate: NAME=VALUE or PRECISION.NAME=VALUE (repeatable)."
     ),
-    seed: int = typer.Option(0, help="Seed for presets and synthetic data."),
+    seed: int = typer.Option(
+        0, help="Seed for presets, synthetic data and a text classifier's fitted head."
+    ),
     distill_steps: int = typer.Option(400, help="student-int8: training steps at most."),
     distill_minutes: float = typer.Option(20.0, help="student-int8: training time budget."),
     student_layer_stride: int = typer.Option(
@@ -130,6 +132,7 @@ def optimize(
             overwrite,
             quiet,
             progress_lines,
+            seed,
         )
         return
     if task is Task.EMBED:
@@ -190,6 +193,7 @@ def _optimize_text(
     overwrite: bool,
     quiet: bool,
     lines: bool,
+    seed: int,
 ) -> None:
     """A text encoder: embeddings with its pooling, gated on real sentences."""
     from optimize.errors import GatesFailed
@@ -208,6 +212,7 @@ def _optimize_text(
         task=task,
         gate_overrides=parse_gate_overrides(gate, known=(*GATE_NAMES, *CLASSIFIER_GATES)),
         overwrite=overwrite,
+        seed=seed,
     )
     try:
         with ProgressBar(quiet=quiet, lines=lines) as bar:

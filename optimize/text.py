@@ -386,16 +386,18 @@ class TextConfig(BaseModel):
     latency_runs: int = Field(50, ge=5)
     gate_overrides: dict[Precision | None, dict[str, float]] = Field(default_factory=dict)
     overwrite: bool = False
+    seed: int = Field(0, ge=0, description="seed of a fitted head's first weights")
 
 
 # int8 of a real text encoder flips a few near-tie decisions of a classifier on top (its
-# accuracy unchanged); larger logits than audio's move more in absolute terms.
-CLASSIFIER_INT8 = {"min_top1_agreement": 0.97, "max_abs_error": 3.0}
+# accuracy unchanged): each gate lies beyond the worst of 8 fitted heads by that worst's
+# distance from their median (`python scripts/gate_spread.py --seeds 8`), not at one run.
+CLASSIFIER_INT8 = {"min_top1_agreement": 0.95, "min_logit_cosine": 0.985, "max_abs_error": 2.5}
 CLASSIFIER_SPLIT = 5  # of every 5 labelled sentences, 3 fit the head and 2 judge it
 HEAD_STEPS = 300
 
 
-def fit_head(source: TextSource, progress: ProgressFn) -> TextSource:
+def fit_head(source: TextSource, progress: ProgressFn, seed: int = 0) -> TextSource:
     """A linear head on the checkpoint's embeddings of the labelled sentences (``TOPICS``),
     fitted on 3 of every 5, so that the model classifies them."""
     texts, labels, names = labelled_sentences(150)
@@ -404,7 +406,7 @@ def fit_head(source: TextSource, progress: ProgressFn) -> TextSource:
     progress("fitting a head: embedding", 0, 0)
     vectors = torch.from_numpy(torch_embeddings(source, feeds))
     truth = torch.tensor([labels[i] for i in train])
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     head = torch.nn.Linear(vectors.shape[1], len(names))
     optimizer = torch.optim.Adam(head.parameters(), lr=0.05)
     for step in range(HEAD_STEPS):
@@ -536,7 +538,7 @@ def build_text_artifacts(config: TextConfig, progress: ProgressFn = no_progress)
     source = load_text_source(config.model)
     task = config.task or source.task
     if task == "classify" and source.task == "embed":
-        source = fit_head(source, progress)
+        source = fit_head(source, progress, config.seed)
     elif task == "embed" and source.task == "classify":
         raise InputError(
             f"{config.model} is a sequence classifier ({source.architecture}): it classifies, "

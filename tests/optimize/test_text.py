@@ -81,7 +81,7 @@ def test_a_head_fitted_on_real_sentences_classifies_and_int8_keeps_its_decisions
         assert manifest.task is not None and manifest.task.accuracy >= 0.8
         assert any("linear head fitted" in step for step in manifest.recipe.steps)
     # int8 flips a few near ties of the fp32 model, and keeps its accuracy
-    assert isinstance(int8.fidelity, Fidelity) and int8.fidelity.top1_agreement >= 0.97
+    assert isinstance(int8.fidelity, Fidelity) and int8.fidelity.top1_agreement >= 0.95
     assert fp32.task is not None and int8.task is not None
     assert abs(int8.task.accuracy - fp32.task.accuracy) <= 0.02
     assert {g.name for g in int8.gates} >= {"min_top1_agreement", "max_source_class_share"}
