@@ -43,12 +43,13 @@ from serving.errors import (
     ServingError,
     Unauthorized,
 )
-from serving.http import api
+from serving.http import api, describe_served
 from serving.metrics import IngressMetrics, refresh_forever
 from serving.openapi import (
     INFER_CODES,
     ClassifyResponse,
     EmbedResponse,
+    ServedModel,
     V2InferResponse,
     V2ModelMetadata,
     classify_docs,
@@ -133,6 +134,21 @@ class Ingress:
         refresh_forever(lambda: self._metrics.build_info.set(1, tags=build), "build-info")
         self._control = ControlPlane(self._shape, handles, self._metrics)
         self._bytes_in_flight = 0  # request bodies held by this replica's handlers
+        describe_served(self._served_models)
+
+    def _served_models(self) -> dict[str, ServedModel]:
+        """Each model as the OpenAPI spec describes it (its first variant's task speaks
+        for it: a model's variants share their inputs)."""
+        served = {}
+        for name, router in self._control.routers.items():
+            task = next(iter(self._control.tasks[name].values()))
+            served[name] = ServedModel(
+                verb=task.verb,
+                content_types=task.content_types,
+                inputs=task.signature()[0],
+                versions=list(router.config.variants),
+            )
+        return served
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """A rollout step's variants (Serve calls it before the first request too)."""

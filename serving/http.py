@@ -8,6 +8,7 @@ No ``from __future__ import annotations``: FastAPI reads the handlers' signature
 
 import logging
 import re
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
@@ -18,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from serving.errors import ServingError
+from serving.openapi import ServedModel, served_spec
 from serving.openapi import components as openapi_components
 from serving.protocols import v1, v2
 
@@ -97,7 +99,8 @@ api = Api(
 
 
 def _openapi() -> dict[str, Any]:
-    """FastAPI's spec plus the schemas the raw-body routes document by reference."""
+    """FastAPI's spec plus the schemas the raw-body routes document by reference; with the
+    models served now (``describe_served``), their own inference routes and bodies."""
     if api.openapi_schema is None:
         from fastapi.openapi.utils import get_openapi
 
@@ -106,7 +109,16 @@ def _openapi() -> dict[str, Any]:
         )
         spec.setdefault("components", {}).setdefault("schemas", {}).update(openapi_components())
         api.openapi_schema = spec
-    return api.openapi_schema
+    served: Callable[[], Mapping[str, ServedModel]] | None = getattr(
+        api.state, "served_models", None
+    )
+    return api.openapi_schema if served is None else served_spec(api.openapi_schema, served())
+
+
+def describe_served(models: Callable[[], Mapping[str, ServedModel]]) -> None:
+    """Let the spec describe the models this ingress serves (asked at each request for it:
+    a rollout step may add one)."""
+    api.state.served_models = models
 
 
 api.openapi = _openapi  # type: ignore[method-assign]

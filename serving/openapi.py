@@ -4,11 +4,22 @@ them). A generated client or a fuzzer (``make fuzz``) learns the API from these.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serving.protocols.v2 import BYTES, DATATYPES, HEADER_LENGTH
+from serving.protocols.v1 import CLASSIFY_PATH, EMBED_PATH
+from serving.protocols.v2 import (
+    BYTES,
+    DATATYPES,
+    HEADER_LENGTH,
+    INFER_PATH,
+    INFER_VERSION_PATH,
+    TensorSpec,
+)
 
 
 class ErrorBody(BaseModel):
@@ -143,6 +154,16 @@ def components() -> dict[str, Any]:
 def v2_infer_docs() -> dict[str, Any]:
     """``openapi_extra`` of the v2 infer routes: the request body, JSON or binary."""
     return {
+        "parameters": [
+            {
+                "name": HEADER_LENGTH,
+                "in": "header",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 0},
+                "description": "a binary request: the length of its JSON part (without it, "
+                "the whole body is JSON)",
+            }
+        ],
         "requestBody": {
             "required": True,
             "content": {
@@ -153,7 +174,7 @@ def v2_infer_docs() -> dict[str, Any]:
                     "gives the JSON part's length",
                 },
             },
-        }
+        },
     }
 
 
@@ -169,19 +190,119 @@ def embed_docs() -> dict[str, Any]:
     }
 
 
+_AUDIO = {"schema": {"type": "string", "format": "binary", "minLength": 1}}
+# what a v1 body of each content type is, as a task declares the types it takes
+V1_CONTENT: dict[str, dict[str, Any]] = {
+    "application/json": {"schema": {"$ref": _REF.format(model="EmbedRequest")}},
+    "audio/wav": _AUDIO,
+    "audio/flac": _AUDIO,
+    "audio/l16": _AUDIO | {"description": "raw 16-bit PCM, mono; ;rate=N (Hz)"},
+    "audio/pcm-f32le": _AUDIO | {"description": "raw float32 PCM, mono; ;rate=N"},
+}
+
+
 def classify_docs() -> dict[str, Any]:
-    """``openapi_extra`` of classify: the audio upload."""
-    audio = {"schema": {"type": "string", "format": "binary"}}
-    text = {"schema": {"$ref": _REF.format(model="EmbedRequest")}}
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": text | {"description": "text classifiers: the text"},
-                "audio/wav": audio,
-                "audio/flac": audio,
-                "audio/l16": audio | {"description": "raw 16-bit PCM, mono; ;rate=N (Hz)"},
-                "audio/pcm-f32le": audio | {"description": "raw float32 PCM, mono; ;rate=N"},
+    """``openapi_extra`` of classify: the audio upload, or a text classifier's text."""
+    content = dict(V1_CONTENT)
+    content["application/json"] = content["application/json"] | {
+        "description": "text classifiers: the text"
+    }
+    return {"requestBody": {"required": True, "content": content}}
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the spec says of one served model: its v1 verb and the body types it takes,
+    its v2 inputs and its versions."""
+
+    verb: str | None
+    content_types: tuple[str, ...]
+    inputs: list[TensorSpec]
+    versions: list[str]
+
+
+def served_spec(spec: dict[str, Any], models: Mapping[str, ServedModel]) -> dict[str, Any]:
+    """``spec`` with its inference routes for the models served now: a path per model, and
+    each with the bodies that model takes (an audio classifier's ``:classify`` takes
+    audio, a text classifier's JSON text; v2 lists the model's own inputs), so that a
+    generated client, or a fuzzer, sends what the model accepts."""
+    spec = copy.deepcopy(spec)
+    paths = spec["paths"]
+    routes = [INFER_PATH, INFER_VERSION_PATH, CLASSIFY_PATH, EMBED_PATH]
+    templates = {route: paths.pop(route) for route in routes if route in paths}
+    for name, model in models.items():
+        verb_path = {"classify": CLASSIFY_PATH, "embed": EMBED_PATH}.get(model.verb or "")
+        for route in [INFER_PATH, INFER_VERSION_PATH, *([verb_path] if verb_path else [])]:
+            if route not in templates:
+                continue
+            item = copy.deepcopy(templates[route])
+            operation = item["post"]
+            operation["operationId"] = f"{operation['operationId']}_{name}"
+            operation["parameters"] = [
+                _versions(p, model.versions)
+                for p in operation.get("parameters", [])
+                if p.get("name") != "model"
+            ]
+            content = operation["requestBody"]["content"]
+            if route in (INFER_PATH, INFER_VERSION_PATH):
+                content["application/json"] = {"schema": _v2_request(model.inputs)}
+            else:
+                operation["requestBody"]["content"] = {
+                    t: V1_CONTENT[t] for t in model.content_types if t in V1_CONTENT
+                }
+            paths[route.replace("{model}", name)] = item
+    return spec
+
+
+def _versions(parameter: dict[str, Any], versions: list[str]) -> dict[str, Any]:
+    if parameter.get("name") != "version":
+        return parameter
+    return parameter | {"schema": {"type": "string", "enum": versions}}
+
+
+def _v2_request(inputs: list[TensorSpec]) -> dict[str, Any]:
+    """The v2 request of a model: every one of its inputs, by name, datatype and rank."""
+    tensors = [
+        {
+            "type": "object",
+            # a JSON body carries its values (binary ones come with the header, as
+            # application/octet-stream); that their count is the shape's product, no JSON
+            # Schema can say
+            "required": ["name", "shape", "datatype", "data"],
+            "properties": {
+                "name": {"const": t.name},
+                "datatype": {"const": t.datatype},
+                "shape": {
+                    "type": "array",
+                    "items": {"type": "integer", "minimum": 1},
+                    "minItems": len(t.shape),
+                    "maxItems": len(t.shape),
+                },
+                "data": {
+                    "type": "array",
+                    "minItems": 1,
+                    "description": "row-major values, flat or nested",
+                },
+                "parameters": {"$ref": _REF.format(model="V2Parameters")},
             },
         }
+        for t in inputs
+    ]
+    return {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "parameters": {"$ref": _REF.format(model="V2Parameters")},
+            "inputs": {
+                "type": "array",
+                "items": {"oneOf": tensors},
+                "minItems": len(inputs),
+                "maxItems": len(inputs),
+            },
+            "outputs": {
+                "type": "array",
+                "items": {"$ref": _REF.format(model="V2RequestedOutput")},
+            },
+        },
     }

@@ -286,8 +286,13 @@ class ReplicaRunner:
                 stacked = {n: np.concatenate([j.inputs[n] for j in jobs]) for n in names}
                 parts = _split(self._model(variant, stacked), rows)
         except MODEL_FAILURES as exc:
+            if len(jobs) > 1:  # one request's inputs may have failed the call: only it fails
+                return [self._run([job], [n])[0] for job, n in zip(jobs, rows, strict=True)]
+            if isinstance(exc, ort_errors.InvalidArgument):  # inputs the graph cannot take
+                detail = f"the model cannot take these inputs: {exc}"
+                return [Outcome(Status.BAD_REQUEST, detail=detail)]
             detail = f"the model failed: {type(exc).__name__}: {exc}"
-            return [Outcome(Status.MODEL_ERROR, detail=detail) for _ in jobs]
+            return [Outcome(Status.MODEL_ERROR, detail=detail)]
         if parts is None:
             return [self._run([job], [count])[0] for job, count in zip(jobs, rows, strict=True)]
         seconds = time.perf_counter() - start

@@ -47,6 +47,7 @@ class Task(ABC):
     """One kind of model: how it is asked (v1 verb, v2 signature) and how it answers."""
 
     verb: Verb | None = None  # the v1 verb it answers; None: v2 only
+    content_types: tuple[str, ...] = ()  # the v1 bodies it takes
 
     @property
     def labels(self) -> list[str]:
@@ -101,6 +102,7 @@ class AudioClassify(Task):
     """An audio classifier: a clip in, a label and softmax scores out."""
 
     verb = "classify"
+    content_types = ("audio/wav", "audio/flac", "audio/l16", "audio/pcm-f32le")
 
     def __init__(self, spec: InputSpec) -> None:
         self.spec = spec
@@ -168,6 +170,8 @@ def texts(body: bytes) -> np.ndarray:
 
 class _Text(Task):
     """A text encoder: raw text in (tokenized by the replica)."""
+
+    content_types = ("application/json",)
 
     def __init__(self, spec: TextSpec) -> None:
         self.spec = spec

@@ -158,6 +158,19 @@ def test_classify_a_wav_upload(server: str, clips: np.ndarray, tiny_artifacts: P
             400,
             "datatype INT32, the model takes FP32",
         ),
+        (  # one sample: the signature takes any length, the first convolution cannot
+            "post",
+            "/v2/models/tiny/infer",
+            {
+                "json": {
+                    "inputs": [
+                        {"name": "input_values", "shape": [1, 1], "datatype": "FP32", "data": [0]}
+                    ]
+                }
+            },
+            400,
+            "the model cannot take these inputs",
+        ),
         (
             "post",
             "/v2/models/nope/infer",
