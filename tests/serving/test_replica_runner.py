@@ -124,3 +124,37 @@ def test_a_model_failure_fails_its_own_call_only() -> None:
         assert fine.status is Status.OK
 
     asyncio.run(scenario())
+
+
+class Picky(Model):
+    """Refuses a call holding a NaN, as ONNX Runtime refuses inputs its graph cannot take."""
+
+    def __call__(self, variant: str, inputs: Tensors) -> Tensors:
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+        if np.isnan(inputs["x"]).any():
+            self.release.wait(timeout=10)
+            raise ort_errors.InvalidArgument("Invalid input shape: {1}")
+        return super().__call__(variant, inputs)
+
+
+def test_a_request_the_model_cannot_take_fails_alone_as_a_bad_request() -> None:
+    """Batched with others, one request whose inputs the graph refuses fails only itself
+    (the batch runs again job by job), with a 400's status naming why, not a 500."""
+
+    async def scenario() -> None:
+        model = Picky()
+        run = runner(model, batch=4)
+        first = asyncio.create_task(run.submit(job(1)))
+        await settle()
+        waiting = [asyncio.create_task(run.submit(job(v))) for v in (2, float("nan"), 4)]
+        await settle()
+        model.release.set()
+        assert (await first).status is Status.OK
+        fine, bad, other = [await t for t in waiting]
+        assert bad.status is Status.BAD_REQUEST
+        assert "the model cannot take these inputs: Invalid input shape" in bad.detail
+        assert fine.status is Status.OK and other.status is Status.OK
+        assert model.calls == [1, 1, 1]  # the batch of three failed; its good two ran alone
+
+    asyncio.run(scenario())
