@@ -169,9 +169,13 @@ def test_a_deploy_that_fails_says_what_its_replicas_said(
     lines = str(failed.value).splitlines()
     assert "DEPLOY_FAILED" in lines[0]
     pinned = f"pin the whole artifact with {artifact_digest(int8)}"
-    # each failed deployment named, with its replica's exception and the fix in it
-    assert any(line.startswith("  ingress: ArtifactFetchError: ") for line in lines), lines
-    for pool in ("fast", "slow"):
-        prefix = f"  tiny-{pool}: ConfigError: tiny on pool {pool}: no variant could be loaded"
-        assert any(line.startswith(prefix) and pinned in line for line in lines), lines
+    # a failed deployment named, with its replicas' exception and the fix in it (which of
+    # the three Serve marks failed first varies: each said the same)
+    reasons = [line for line in lines if line.startswith("  ")]
+    assert reasons, lines
+    for line in reasons:
+        name, _, why = line.strip().partition(": ")
+        assert set(name.split(", ")) <= {"ingress", "tiny-fast", "tiny-slow"}, line
+        assert why.split(": ")[0] in {"ConfigError", "ArtifactFetchError"}, line
+        assert pinned in why, line
     assert "Traceback" not in str(failed.value)
