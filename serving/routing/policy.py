@@ -58,7 +58,8 @@ class RoutingPolicy(ABC):
 
 class SpilloverPolicy(RoutingPolicy):
     """Preferred pool first; spill to the next when it is full or its expected latency
-    breaks the SLO; shed when no pool can serve a request within the SLO.
+    breaks the SLO; shed when no pool can serve a request within the SLO and none has a
+    free slot (a request that would start at once is served, whatever its estimate).
 
     Spilling is a state with hysteresis: it starts when the preferred pool cannot take a
     request and lasts until it has taken every request for ``min_spill_s``. While it lasts,
@@ -95,6 +96,12 @@ class SpilloverPolicy(RoutingPolicy):
         """The first healthy pool below its own limits, the SLO aside."""
         return next((p for p in pools if p.healthy and not p.saturated), None)
 
+    @staticmethod
+    def _idle(pools: Sequence[PoolView]) -> PoolView | None:
+        """The first healthy pool with a free slot: a request there waits behind nothing,
+        so it is served whatever the estimate says (shedding it would protect no one)."""
+        return next((p for p in pools if p.healthy and p.idle_slot), None)
+
     def _was_slow(self, pool: PoolView) -> bool:
         """Nothing fresh is known, and the last figure known broke the SLO by itself."""
         last = pool.last_service_time_s
@@ -130,6 +137,8 @@ class SpilloverPolicy(RoutingPolicy):
         healthy = [p for p in pools if p.healthy]
         if any(self._fits(p, self._slo_s) or self._was_slow(p) for p in healthy):
             return True  # a pool that was slow may take a sample: ``choose`` decides
+        if self._idle(healthy) is not None:
+            return True
         return queue_past_slo and pools[0].healthy and self._room(pools) is not None
 
     def choose(self, pools: Sequence[PoolView], *, queue_past_slo: bool = False) -> Decision:
@@ -142,9 +151,12 @@ class SpilloverPolicy(RoutingPolicy):
         preferred = pools[0]
         if not preferred.healthy:
             fallback = next((p for p in healthy if self._fits(p, slo, sample=True)), None)
-            if fallback is None:
-                return Decision(None, Reason.SHED)
-            return Decision(fallback.name, Reason.FAILOVER, slo)
+            if fallback is not None:
+                return Decision(fallback.name, Reason.FAILOVER, slo)
+            idle = self._idle(healthy)
+            if idle is not None:
+                return Decision(idle.name, Reason.FAILOVER)
+            return Decision(None, Reason.SHED)
         now = self._clock()
         bound = self._resume_s if self.spilling else slo
         if self._fits(preferred, bound):
@@ -164,6 +176,9 @@ class SpilloverPolicy(RoutingPolicy):
         # that breaks the SLO for everyone.
         if bound < slo and self._fits(preferred, slo):
             return Decision(preferred.name, Reason.PRIMARY, slo)
+        idle = self._idle(healthy)
+        if idle is not None:  # work-conserving: a free slot is never refused
+            return Decision(idle.name, Reason.PRIMARY if idle is preferred else reason)
         room = self._room(healthy) if queue_past_slo else None
         if room is not None:
             return Decision(room.name, Reason.PRIMARY if room is preferred else reason)

@@ -92,8 +92,9 @@ def test_sheds_when_no_pool_has_room_within_the_slo() -> None:
     # the GPU would break the SLO (0.2 x 1.75 = 0.35 s) and the CPU is full: shed, not queue
     busy_gpu = view("gpu", held=6, capacity=4, queue=4, service=0.2)
     assert p.choose([busy_gpu, cpu_full]).reason is Reason.SHED
-    # the CPU has room but would break the SLO too (busy, 0.3 s service): shed as well
-    slow_cpu = view("cpu", held=1, capacity=2, queue=4, service=0.3)
+    # the CPU has room in its queue but would break the SLO too (both slots busy, 0.3 s
+    # service): shed as well
+    slow_cpu = view("cpu", held=2, capacity=2, queue=4, service=0.3)
     assert p.choose([busy_gpu, slow_cpu]).reason is Reason.SHED
     assert p.choose([view("gpu", healthy=False), cpu_full]).pool is None
 
@@ -105,8 +106,8 @@ def test_a_pool_is_tried_when_its_latency_is_stale_but_not_when_it_is_fresh_and_
     stale_cpu = view("cpu", held=0, service=None)
     decision = p.choose([full_gpu, stale_cpu])
     assert (decision.pool, decision.reason) == ("cpu", Reason.SPILL_SATURATED)
-    # a fresh figure far over the 0.2 s SLO: even idle, it cannot meet it; shed
-    slow_cpu = view("cpu", held=0, service=0.9)
+    # a fresh figure far over the 0.2 s SLO, every slot busy: it cannot meet it; shed
+    slow_cpu = view("cpu", held=4, service=0.9)
     assert p.choose([full_gpu, slow_cpu]).reason is Reason.SHED
 
 
@@ -114,14 +115,15 @@ def test_a_pool_last_seen_slow_gets_samples_not_a_refill_when_its_figures_age_ou
     clock = FakeClock()
     p = policy(clock)
     full_gpu = view("gpu", held=8, capacity=4, queue=4)
-    # the CPU pool broke the SLO; its figures aged out: one sample per interval in an idle
-    # slot, not a queue filled up again (it would break the SLO for all it held)
-    was_slow = view("cpu", held=0, service=None, last=0.9)
-    reasons = [p.choose([full_gpu, was_slow]).reason for _ in range(3)]
-    assert reasons == [Reason.SPILL_SATURATED, Reason.SHED, Reason.SHED]
+    # the CPU pool broke the SLO; its figures aged out: its free slots take work (nothing
+    # waits there), its queue only one sample per interval, not filled up again (it would
+    # break the SLO for all it held)
+    was_slow = view("cpu", held=4, capacity=4, service=None, last=0.9)
+    assert p.choose([full_gpu, was_slow]).reason is Reason.SHED
     assert p.admits([full_gpu, was_slow])  # the edge lets it through: choose decides
-    clock.now += 0.5
-    assert p.choose([full_gpu, was_slow]).pool == "cpu"
+    idle_but_slow = view("cpu", held=3, capacity=4, service=None, last=0.9)
+    reasons = [p.choose([full_gpu, idle_but_slow]).reason for _ in range(3)]
+    assert reasons == [Reason.SPILL_SATURATED] * 3
     # last seen fast: an idle pool with nothing fresh takes work up to its limits
     was_fast = view("cpu", held=3, capacity=4, service=None, last=0.05)
     assert p.choose([full_gpu, was_fast]).pool == "cpu"
@@ -173,3 +175,24 @@ def test_admits_says_what_choose_would_do_without_changing_state() -> None:
     assert not p.spilling  # admits() started no spill
     assert p.choose(full).reason is Reason.SHED
     assert p.choose(open_).pool == "cpu"
+
+
+def test_a_request_that_would_wait_behind_nothing_is_served_whatever_the_estimate() -> None:
+    """Work-conserving: a model slower than its SLO, one client at a time, is never refused
+    (shedding a request that would start at once protects no one)."""
+    clock = FakeClock()
+    p = policy(clock)  # SLO 0.2 s
+    slow_alone = [view("cpu", held=0, capacity=2, service=0.9)]
+    assert p.admits(slow_alone)
+    # a sample now and then re-measures it; every other request takes the free slot
+    assert [p.choose(slow_alone).pool for _ in range(5)] == ["cpu"] * 5
+    assert p.choose(slow_alone) == Decision("cpu", Reason.PRIMARY)  # no bound to meet
+    # a second request beside it: a slot is still free, it starts at once too
+    assert p.choose([view("cpu", held=1, capacity=2, service=0.9)]).pool == "cpu"
+    # both slots busy: it would queue behind a request over the SLO; shed
+    busy = [view("cpu", held=2, capacity=2, service=0.9)]
+    assert not p.admits(busy)
+    assert p.choose(busy).reason is Reason.SHED
+    # failing over to a slow pool: its free slot serves too
+    failover = [view("gpu", healthy=False), view("cpu", held=0, service=0.9)]
+    assert p.choose(failover) == Decision("cpu", Reason.FAILOVER)
