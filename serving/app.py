@@ -246,6 +246,8 @@ class Ingress:
         self._authorize(request)
         router = self._control.router(model)
         tally.variant = self._variant(router, request, pinned)
+        await self._control.first_status()
+        self._control.refuse_if_unplaced(model)
         router.refuse_if_full()
         return router, await self._body(request, router, tally)
 
@@ -305,11 +307,16 @@ class Ingress:
         responses={503: {"description": "not ready: some model has no pool that can serve"}},
     )
     async def ready(self) -> Response:
-        self._control.ensure_watcher()
-        ready = all(
+        """Ready once every model has a replica running (Serve's word, asked now if the
+        watcher has not yet); else a 503 naming the models that wait, and what Serve says
+        of each of their pools (resources their replicas need, for one)."""
+        await self._control.first_status()
+        waiting = self._control.waiting()
+        ready = not waiting and all(
             any(s.healthy for s in r.stats.values()) for r in self._control.routers.values()
         )
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        body: dict[str, Any] = {"ready": ready} | ({"waiting": waiting} if waiting else {})
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @api.get("/v2", tags=["v2"])
     async def server_metadata(self) -> dict[str, Any]:

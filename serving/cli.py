@@ -50,7 +50,7 @@ def serve(
 ) -> None:
     """Serve models over HTTP on Ray Serve (GPU pool first, CPU pool on spillover)."""
     from serving.config import load_config
-    from serving.control import APP_NAME
+    from serving.control import APP_NAME, UNPLACED_MARK
     from serving.defaults import config_for_artifacts, cuda_usable
     from serving.server import deploy, start, stop
 
@@ -79,7 +79,7 @@ def serve(
     # Ctrl-C while Ray starts is held until the app is up, then shuts it all down cleanly.
     _on_signals()
     stderr.print("starting Ray and deploying (first start takes a little while)...")
-    start(settings, address=address, num_cpus=num_cpus)
+    unplaced = start(settings, address=address, num_cpus=num_cpus)
     _on_signals()  # again: ray.init sets a SIGTERM handler of its own
     base = f"http://{settings.http.host}:{settings.http.port}"
     stdout.print(f"Sluiceway is serving on {base}")
@@ -89,6 +89,12 @@ def serve(
         stdout.print(
             f"  {name}: POST {base}/v2/models/{name}/infer"
             + (f"   POST {base}/v1/models/{name}:{verb}" if verb else "")
+        )
+    for deployment, message in unplaced.items():
+        reason = message[message.find(UNPLACED_MARK) :] if UNPLACED_MARK in message else message
+        stderr.print(
+            f"[yellow]{deployment}: no replica can be placed, so it serves nothing until one "
+            f"can: {reason}[/yellow]"
         )
     stdout.print(
         f"  models: GET {base}/v1/models   docs: {base}/docs   "

@@ -23,7 +23,7 @@ from ray.serve.schema import DeploymentStatus
 
 from optimize.manifest import Manifest
 from serving.config import ServingConfig, ServingShape, replica_deployment_name
-from serving.errors import ConfigError, ServingError, UnknownModel
+from serving.errors import ConfigError, ModelUnavailable, ServingError, UnknownModel
 from serving.fetch import artifact_manifest
 from serving.metrics import IngressMetrics
 from serving.routing.pool_stats import ReplicaState
@@ -60,10 +60,21 @@ def direct(handle: DeploymentHandle) -> DeploymentHandle:
     )
 
 
+# In Serve's message for a deployment whose replicas wait for resources to be placed
+# (after RAY_SERVE_SLOW_STARTUP_WARNING_S, 30 s by default): what they need, what there is.
+UNPLACED_MARK = "Resources required for each replica"
+
+
 @dataclass(frozen=True)
 class DeploymentState:
     running: tuple[str, ...]  # ids of the replicas RUNNING
     updating: bool  # Serve is rolling out new replicas
+    message: str = ""  # Serve's own words on it (why it waits, why it failed)
+
+    @property
+    def unplaced(self) -> bool:
+        """No replica runs and Serve says they cannot be placed (resources missing)."""
+        return not self.running and UNPLACED_MARK in self.message
 
 
 def deployment_states(app: str) -> dict[str, DeploymentState]:
@@ -80,6 +91,7 @@ def deployment_states(app: str) -> dict[str, DeploymentState]:
         name: DeploymentState(
             tuple(r["replica_id"] for r in d["replicas"] if r["state"] == "RUNNING"),
             d["status"] == DeploymentStatus.UPDATING,
+            d.get("message") or "",
         )
         for name, d in details["applications"][app]["deployments"].items()
     }
@@ -114,6 +126,9 @@ class ControlPlane:
         self.manifests: dict[str, dict[str, Manifest]] = {}
         self.tasks: dict[str, dict[str, Task]] = {}
         self._watcher: asyncio.Task[None] | None = None
+        # each model's pools as Serve last said: running replicas, and why none can start
+        self.pools_state: dict[str, dict[str, DeploymentState]] | None = None
+        self._asked = False  # whether Serve was asked once (answered or not)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve ``user_config["variants"]`` (model -> variant -> weight and artifacts): a
@@ -206,18 +221,57 @@ class ControlPlane:
         if self._watcher is None or self._watcher.done():
             self._watcher = asyncio.get_running_loop().create_task(self._watch_pools())
 
-    async def _refresh_from_status(self) -> None:
+    async def first_status(self) -> None:
+        """Start the watcher and, the first time only, ask Serve now: what a request or a
+        readiness probe needs to know cannot wait for the watcher's first poll."""
+        self.ensure_watcher()
+        if not self._asked:
+            await self.refresh_from_status()
+
+    async def refresh_from_status(self) -> None:
         """Replica counts per pool from Serve's controller (advisory: skipped if unavailable)."""
+        self._asked = True
         try:
             deployments = await asyncio.to_thread(deployment_states, APP_NAME)
         except (KeyError, RayServeException, RayError) as exc:
             logger.debug("serve status unavailable: %s", exc)
             return
+        pools_state: dict[str, dict[str, DeploymentState]] = {}
         for router in self.routers.values():
+            pools_state[router.name] = {}
             for pool in router.order:
                 state = deployments.get(replica_deployment_name(router.name, pool))
                 if state is not None:
                     router.set_running_replicas(pool, state.running, updating=state.updating)
+                    pools_state[router.name][pool] = state
+        self.pools_state = pools_state
+
+    def waiting(self) -> dict[str, dict[str, str]]:
+        """The models no replica of which runs (model -> pool -> what Serve says of it):
+        not ready. Everything, before Serve was first asked."""
+        if self.pools_state is None:
+            return {name: {} for name in self.routers}
+        return {
+            name: {pool: state.message for pool, state in pools.items()}
+            for name, pools in self.pools_state.items()
+            if not any(state.running for state in pools.values())
+        }
+
+    def refuse_if_unplaced(self, model: str) -> None:
+        """A quick 503 for a model no replica of which runs and whose replicas Serve cannot
+        place (resources missing), naming what they need: waiting for them until the
+        deadline would only end in a 504 that says nothing."""
+        pools = (self.pools_state or {}).get(model, {})
+        if not pools or any(state.running for state in pools.values()):
+            return
+        unplaced = {pool: state for pool, state in pools.items() if state.unplaced}
+        if unplaced:
+            pool, state = next(iter(unplaced.items()))
+            raise ModelUnavailable(
+                f"model {model!r} has no replica running: Serve cannot place those of pool "
+                f"{pool!r} ({state.message[state.message.index(UNPLACED_MARK) :]}); add "
+                "the resources or nodes they need, or lower the pool's num_cpus/resources"
+            )
 
     def _report_load(self) -> None:
         """Each pool's load as this ingress sees it (a gauge: sampled, not per request)."""
@@ -252,7 +306,7 @@ class ControlPlane:
             now = time.monotonic()
             if now - polled >= STATUS_POLL_SECONDS:
                 polled = now
-                await self._refresh_from_status()
+                await self.refresh_from_status()
                 self._report_load()
             for router in self.routers.values():
                 router.check_stalls()

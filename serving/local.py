@@ -108,14 +108,14 @@ class StudentHandover:
     def __init__(self, command: list[str], directory: Path, say: Callable[[str], None]) -> None:
         self._command = command
         self._directory = directory
-        self._redeploy: Callable[[], None] = lambda: None
+        self._redeploy: Callable[[], object] = lambda: None
         self._say = say
         self._process: subprocess.Popen[str] | None = None
         self._stopping = threading.Event()
         self.finished = threading.Event()
         self.outcome = ""
 
-    def start(self, redeploy: Callable[[], None]) -> None:
+    def start(self, redeploy: Callable[[], object]) -> None:
         self._redeploy = redeploy
         self._process = subprocess.Popen(
             self._command,

@@ -26,7 +26,7 @@ from serving.config import (
     ServingShape,
     replica_deployment_name,
 )
-from serving.control import APP_NAME
+from serving.control import APP_NAME, UNPLACED_MARK
 from serving.errors import ConfigError
 from serving.replica import ModelReplica
 
@@ -247,8 +247,9 @@ def local_resources(config: ServingConfig) -> dict[str, float]:
 
 def start(
     config: ServingConfig, *, address: str | None = None, num_cpus: int | None = None
-) -> None:
-    """Start a local Ray cluster (or join ``address``), then deploy and return."""
+) -> dict[str, str]:
+    """Start a local Ray cluster (or join ``address``), then deploy; returns what
+    ``deploy`` does (the deployments whose replicas cannot be placed)."""
     read_token(config)  # a missing or empty token fails here, not in every ingress replica
     apply_ray_env()
     if not ray.is_initialized():
@@ -268,12 +269,15 @@ def start(
         http_options={"host": config.http.host, "port": config.http.port},
         logging_config=QUIET_LOGS,
     )
-    deploy(config)
+    unplaced = deploy(config)
     logger.info("serving on http://%s:%d", config.http.host, config.http.port)
+    return unplaced
 
 
-def deploy(config: ServingConfig, timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
-    """Deploy ``config`` (again) on the Serve instance running; returns once it serves.
+def deploy(config: ServingConfig, timeout_s: float = DEPLOY_TIMEOUT_S) -> dict[str, str]:
+    """Deploy ``config`` (again) on the Serve instance running; returns once it serves,
+    with the deployments whose replicas Serve cannot place (name -> Serve's message: the
+    resources they need and those there are), which serve nothing until they can.
 
     Applied as Serve's config (`application_config`, what ``serve run CONFIG`` does) so
     that Serve replaces only what must be: a change of variants reconfigures the running
@@ -290,12 +294,14 @@ def deploy(config: ServingConfig, timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
     deploy_id = uuid.uuid4().hex
     application = application_config(config, deploy_id)
     client.deploy_apps(ServeDeploySchema(applications=[*others, application]))
-    _wait_running({d["name"] for d in application["deployments"]}, deploy_id, timeout_s)
+    return _wait_running({d["name"] for d in application["deployments"]}, deploy_id, timeout_s)
 
 
-def _wait_running(names: set[str], deploy_id: str, timeout_s: float) -> None:
+def _wait_running(names: set[str], deploy_id: str, timeout_s: float) -> dict[str, str]:
     """Poll until Serve has taken in deploy ``deploy_id`` (each deployment's target carries
-    it) and the application and every deployment run it, or say why not."""
+    it) and the application and every deployment run it, or say why not. A deployment
+    whose replicas Serve says it cannot place (after its slow-start warning) is not waited
+    for: it is returned with Serve's message, and the rest serves."""
     deadline = time.monotonic() + timeout_s
     status, message, failed = "", "", 0
     deployments: dict[str, Any] = {}
@@ -312,9 +318,14 @@ def _wait_running(names: set[str], deploy_id: str, timeout_s: float) -> None:
             (d["deployment_config"].get("user_config") or {}).get(DEPLOY_ID) == deploy_id
             for d in deployments.values()
         )
-        healthy = all(d["status"] == "HEALTHY" for d in deployments.values())
-        if status == "RUNNING" and taken and healthy:
-            return
+        unplaced = {
+            name: d.get("message", "")
+            for name, d in deployments.items()
+            if d["status"] != "HEALTHY" and UNPLACED_MARK in (d.get("message") or "")
+        }
+        healthy = all(d["status"] == "HEALTHY" for n, d in deployments.items() if n not in unplaced)
+        if taken and healthy and (status == "RUNNING" or (unplaced and status == "DEPLOYING")):
+            return unplaced
         time.sleep(DEPLOY_POLL_S)
     reasons = failure_reasons(deployments)
     raise ConfigError(

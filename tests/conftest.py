@@ -77,6 +77,10 @@ def ray_serve() -> Iterator[dict[str, int]]:
     from serving.server import QUIET_LOGS, apply_ray_env
 
     apply_ray_env()
+    # Serve names replicas it cannot place after this long (30 s by default): the
+    # unplaceable-model test waits for that message, not for the default
+    os.environ["RAY_SERVE_SLOW_STARTUP_WARNING_S"] = "5"
+    os.environ["RAY_SERVE_SLOW_STARTUP_WARNING_PERIOD_S"] = "5"
     ports = {"http": free_port(), "metrics": free_port()}
     ray.init(
         num_cpus=2,
