@@ -10,7 +10,9 @@ out, probes what failed and reports each pool's load. The request path
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -60,9 +62,25 @@ def direct(handle: DeploymentHandle) -> DeploymentHandle:
     )
 
 
-# In Serve's message for a deployment whose replicas wait for resources to be placed
-# (after RAY_SERVE_SLOW_STARTUP_WARNING_S, 30 s by default): what they need, what there is.
+# In Serve's message for a deployment whose replicas wait to be placed (after
+# RAY_SERVE_SLOW_STARTUP_WARNING_S, 30 s by default): what they need, what there is free.
 UNPLACED_MARK = "Resources required for each replica"
+_WANTED = re.compile(
+    re.escape(UNPLACED_MARK) + r": (\{[^{}]*\}), total resources available: (\{[^{}]*\})"
+)
+
+
+def unplaceable(message: str) -> bool:
+    """Whether Serve's ``message`` says a replica waits for a resource there is not enough
+    of (a replica slow to start for another reason says so with nothing missing)."""
+    found = _WANTED.search(message)
+    if found is None:
+        return False
+    try:
+        wanted, free = (json.loads(part) for part in found.groups())
+    except json.JSONDecodeError:
+        return False
+    return any(amount > free.get(name, 0.0) for name, amount in wanted.items())
 
 
 @dataclass(frozen=True)
@@ -74,7 +92,7 @@ class DeploymentState:
     @property
     def unplaced(self) -> bool:
         """No replica runs and Serve says they cannot be placed (resources missing)."""
-        return not self.running and UNPLACED_MARK in self.message
+        return not self.running and unplaceable(self.message)
 
 
 def deployment_states(app: str) -> dict[str, DeploymentState]:

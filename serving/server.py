@@ -26,7 +26,7 @@ from serving.config import (
     ServingShape,
     replica_deployment_name,
 )
-from serving.control import APP_NAME, UNPLACED_MARK
+from serving.control import APP_NAME, unplaceable
 from serving.errors import ConfigError
 from serving.replica import ModelReplica
 
@@ -318,10 +318,12 @@ def _wait_running(names: set[str], deploy_id: str, timeout_s: float) -> dict[str
             (d["deployment_config"].get("user_config") or {}).get(DEPLOY_ID) == deploy_id
             for d in deployments.values()
         )
-        unplaced = {
+        unplaced = {  # not waited for: Serve says they lack resources (never the ingress)
             name: d.get("message", "")
             for name, d in deployments.items()
-            if d["status"] != "HEALTHY" and UNPLACED_MARK in (d.get("message") or "")
+            if name != INGRESS_NAME
+            and d["status"] in ("UPDATING", "UPSCALING")
+            and unplaceable(d.get("message") or "")
         }
         healthy = all(d["status"] == "HEALTHY" for n, d in deployments.items() if n not in unplaced)
         if taken and healthy and (status == "RUNNING" or (unplaced and status == "DEPLOYING")):

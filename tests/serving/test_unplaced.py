@@ -20,10 +20,11 @@ from tests.conftest import TOKEN
 from tests.serving.conftest import artifact, serving_config
 from tests.serving.test_routing_scale import PCM, pcm, poll
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_model_whose_replicas_cannot_be_placed_is_named_and_refused_at_once(
     ray_serve: dict[str, int], tiny_artifacts: Path, token_file: Path
 ) -> None:
@@ -72,3 +73,30 @@ def test_a_model_whose_replicas_cannot_be_placed_is_named_and_refused_at_once(
         assert ok.status_code == 200, ok.text
     finally:
         serve.delete(APP_NAME)  # its replica would wait for the resource forever
+
+
+@pytest.mark.parametrize(
+    ("wanted", "free", "unplaceable_"),
+    [
+        ('{"CPU": 0.5, "pool-absent": 1.0}', '{"CPU": 1.5}', True),  # a resource nowhere
+        ('{"CPU": 1.0}', '{"CPU": 0.0}', True),  # every CPU taken
+        ('{"CPU": 0.5, "pool-fast": 1.0}', '{"CPU": 1.0, "pool-fast": 6.0}', False),
+        ("{}", "{}", False),  # slow to start for another reason: nothing missing
+    ],
+)
+def test_only_a_replica_that_lacks_a_resource_counts_as_unplaceable(
+    wanted: str, free: str, unplaceable_: bool
+) -> None:
+    from serving.control import unplaceable
+
+    message = (
+        "Deployment 'ghost-absent' in application 'sluiceway' has 1 replicas that have taken "
+        "more than 30s to be scheduled. This may be due to waiting for the cluster to "
+        "auto-scale or for a runtime environment to be installed. Resources required for "
+        f"each replica: {wanted}, total resources available: {free}. Use `ray status` for "
+        "more details."
+    )
+    assert unplaceable(message) is unplaceable_
+    assert not unplaceable(
+        "Deployment 'x' has 1 replicas that have taken more than 30s to initialize."
+    )
