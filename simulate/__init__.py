@@ -14,7 +14,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from simulate.baselines import UNBOUNDED, PowerOfTwo, StaticSplit, gpu_only
+from simulate.baselines import (
+    UNBOUNDED,
+    PowerOfTwo,
+    ServeDefault,
+    StaticSplit,
+    gpu_only,
+    serve_fallback,
+)
 from simulate.engine import PolicyFactory, Records, Simulation, sluiceway
 from simulate.report import Step, as_json, markdown, plot, series, summarize
 from simulate.scenario import Pool, Scenario, load_scenario, parse_scenario
@@ -25,6 +32,8 @@ POLICIES: dict[str, tuple[PolicyFactory, Callable[[Pool], int]]] = {
     "gpu-only": (gpu_only, lambda pool: pool.max_queued_requests),
     "static-split": (StaticSplit, lambda pool: pool.max_queued_requests),
     "pow2": (PowerOfTwo, lambda pool: UNBOUNDED),
+    "serve-default": (ServeDefault, lambda pool: 0),
+    "serve-fallback": (serve_fallback, lambda pool: pool.max_queued_requests),
 }
 
 

@@ -253,15 +253,20 @@ class SluicewayIngress(Ingress):
     """Sluiceway's router: the ingress's own ``RouterCore``, driven by the simulation's
     events instead of awaited calls (``serving.routing.router`` drives it over Ray)."""
 
-    def __init__(self, sim: Simulation, index: int, pools: list[str]) -> None:
+    def __init__(
+        self, sim: Simulation, index: int, pools: list[str], policy: str | None = None
+    ) -> None:
         super().__init__(sim, index)
         scenario = sim.scenario
         self.order = pools
+        routing = scenario.routing
+        if policy is not None:  # the same router under another policy (a baseline)
+            routing = routing.model_copy(update={"policy": policy})
         self.core = RouterCore(
             f"ingress-{index}",
             pools,
             {name: pool_limits(scenario.pools[name]) for name in pools},
-            scenario.routing,
+            routing,
             deadline_s=scenario.limits.deadline_seconds,
             clock=sim.clock,
             events=_Records(sim),

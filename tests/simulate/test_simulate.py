@@ -21,7 +21,7 @@ import yaml
 
 from serving.errors import ScenarioError
 from simulate import POLICIES, load_scenario, parse_scenario, simulate
-from simulate.engine import BUCKET_S, OK, SHED, Records
+from simulate.engine import BUCKET_S, OK, SHED, TIMEOUT, Records
 from simulate.report import checks, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,6 +162,32 @@ def test_power_of_two_sheds_nothing_and_its_latency_grows_without_bound(
     assert np.percentile(late, 50) > 1.0
 
 
+def test_serve_as_it_comes_holds_the_excess_in_its_router_and_times_it_out(
+    runs: dict[str, Records],
+) -> None:
+    """Serve's default: no replica holds more than it runs at once, the rest waits in the
+    router (no refusal): under 2.5x load the waits reach the deadline."""
+    records = runs["serve-default"]
+    assert SHED not in records.code
+    assert set(served_by(records, 0, 10)) == {"gpu", "cpu"}  # one deployment over both
+    late = [
+        code
+        for arrival, code in zip(records.arrival, records.code, strict=True)
+        if 25 <= arrival < 30
+    ]
+    assert late.count(TIMEOUT) / len(late) > 0.2
+
+
+def test_the_two_deployment_fallback_fills_the_cpu_pool_whatever_its_latency(
+    runs: dict[str, Records],
+) -> None:
+    """What a Serve user builds (preferred deployment, the next on back-pressure): the
+    CPU pool takes work only once the GPUs are full to their limits, then all it can."""
+    records = runs["serve-fallback"]
+    assert "cpu" not in served_by(records, 0, 10)  # room on the GPUs
+    assert "cpu" in served_by(records, 10, 30)
+
+
 def test_sluiceway_meets_its_goals_where_the_baselines_do_not(runs: dict[str, Records]) -> None:
     scenario = parse_scenario(small())
     met = {
@@ -172,6 +198,7 @@ def test_sluiceway_meets_its_goals_where_the_baselines_do_not(runs: dict[str, Re
     assert "cpu" not in served_by(runs["sluiceway"], 0, 10)  # room on the GPUs: no spill
     assert "cpu" in served_by(runs["sluiceway"], 10, 30)
     assert not all(met["pow2"].values())  # no SLO: its P99 breaks it
+    assert not all(met["serve-default"].values())  # nor Serve's own router queue
     assert not all(met["gpu-only"].values())  # sheds what the CPU pool could serve
 
 
