@@ -54,7 +54,7 @@ install: install-system $(VENV)/.installed $(HELM) image-python  ## system packa
 image-python: $(VENV)/.installed
 	$(BIN)/python -m deploy.image >/dev/null
 
-test: install  ## run the test suite (small presets, the chart booted twice; about 18 minutes on 2 cores)
+test: install  ## run the test suite (small presets, the chart booted twice; about 17 minutes on 2 cores)
 	$(BIN)/pytest -q --durations=15
 
 test-fast: install  ## unit tests only (no slow/integration)
