@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="heads to fit (seeds 0..N-1)")
     parser.add_argument("--model", default="all-minilm-l6-v2")
     args = parser.parse_args()
+    if args.seeds < 2:
+        parser.error(f"--seeds {args.seeds}: a spread needs at least 2 seeds")
     off = {"min_top1_agreement": 0.0, "min_logit_cosine": 0.0, "max_abs_error": 1e9}
     rows = []
     print("| seed | int8 top-1 agreement | mean logit cosine | max logit error | accuracy |")

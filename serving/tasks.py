@@ -81,10 +81,10 @@ class Task(ABC):
     def takes(self) -> str:
         return ", ".join(t.name for t in self.signature()[0])
 
+    @abstractmethod
     def warmup_feeds(self, directory: Path, inputs: list[TensorSpec]) -> Tensors | None:
         """The model's own inputs for one call before the replica reports healthy; None
         when they come through ``feeds`` (text)."""
-        raise NotImplementedError
 
     def load_tokenizer(self, directory: Path) -> Any:
         """What turns requests into the model's inputs in the replica (text: the
